@@ -1,0 +1,55 @@
+"""Which AMQP deliveries may be acked: the completed prefix, never past a gap."""
+
+from __future__ import annotations
+
+from collections import deque
+
+AckOp = tuple[int, bool]
+"""``(delivery_tag, multiple)`` as passed to ``basic_ack``."""
+
+
+class AckTracker:
+    """Deliveries of one channel, in the order they arrived, and which of them Kafka confirmed.
+
+    A multiple-ack also acks every earlier unacked delivery on the channel, so it is used only
+    while the acked tags form an unbroken run 1..n. If a tag never reached the tracker (lost on
+    the way), the run is broken: from then on each delivery is acked on its own, and the lost one
+    stays unacked until RabbitMQ redelivers it.
+    """
+
+    def __init__(self) -> None:
+        self._pending: deque[int] = deque()
+        self._done: set[int] = set()
+        self._last_acked = 0
+        self._unbroken = True
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, tag: int) -> None:
+        """A delivery arrived; it blocks acks of later ones until it completes."""
+        self._pending.append(tag)
+
+    def complete(self, tag: int) -> None:
+        """Every record of this delivery is in Kafka."""
+        self._done.add(tag)
+
+    def take_acks(self) -> tuple[list[AckOp], int]:
+        """The acks that are safe now, in order, and how many deliveries they cover."""
+        ops: list[AckOp] = []
+        count = 0
+        run_end = 0
+        pending, done = self._pending, self._done
+        while pending and pending[0] in done:
+            tag = pending.popleft()
+            done.discard(tag)
+            count += 1
+            if self._unbroken and tag == self._last_acked + 1:
+                run_end = tag
+            else:
+                self._unbroken = False
+                ops.append((tag, False))
+            self._last_acked = tag
+        if run_end:
+            ops.insert(0, (run_end, True))
+        return ops, count

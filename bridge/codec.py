@@ -1,0 +1,170 @@
+"""Turn one Celery event message into Kafka records: pure functions, no I/O.
+
+A message body is one event (a JSON object) or a list of events (``task.multi``). Each event
+becomes one record; anything that is not a valid event becomes a dead letter carrying its
+original bytes and the reason. Pickle and other unknown serializers are never deserialized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+import orjson
+
+JSON_CONTENT_TYPE = "application/json"
+MSGPACK_CONTENT_TYPES = frozenset({"application/x-msgpack", "application/msgpack"})
+_JSON_HEADER = JSON_CONTENT_TYPE.encode()
+_MAX_ERROR_CHARS = 300
+
+Headers = list[tuple[str, bytes]]
+
+
+class Reason(StrEnum):
+    """Why a message, or one element of a list, was dead-lettered."""
+
+    OVERSIZED = "oversized"
+    UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
+    UNDECODABLE = "undecodable"
+    NOT_AN_OBJECT = "not_an_object"
+    EMPTY_LIST = "empty_list"
+    MISSING_TYPE = "missing_type"
+    UNENCODABLE = "unencodable"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the AMQP side received: the raw body and how it was labelled."""
+
+    body: bytes
+    content_type: str | None
+    content_encoding: str | None
+    routing_key: str
+    received_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One event, ready for the events topic."""
+
+    key: bytes | None
+    value: bytes
+    headers: Headers
+    event_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Input that is not a valid event, ready for the dead-letter topic."""
+
+    reason: Reason
+    value: bytes
+    headers: Headers
+
+
+Outcome = EventRecord | DeadLetter
+
+
+def event_id(event: dict[str, Any]) -> str:
+    """Deterministic id: BLAKE2b-128 of the event's canonical JSON (keys sorted, orjson)."""
+    canonical = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+
+
+def record_key(event: dict[str, Any]) -> bytes | None:
+    """The task uuid for task events, else the worker hostname, else no key."""
+    for field in ("uuid", "hostname"):
+        value = event.get(field)
+        if isinstance(value, str) and value:
+            return value.encode()
+    return None
+
+
+def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
+    """Every event of the message as a record, every bad part as a dead letter."""
+    body = envelope.body
+    if len(body) > max_bytes:
+        return [
+            _dead(
+                envelope,
+                Reason.OVERSIZED,
+                f"{len(body)} bytes > {max_bytes}",
+                body[:max_bytes],
+                extra=[("truncated", b"true"), ("original_size", str(len(body)).encode())],
+            )
+        ]
+    content_type = (envelope.content_type or "").partition(";")[0].strip().lower()
+    try:
+        if content_type == JSON_CONTENT_TYPE:
+            payload = orjson.loads(body)
+        elif content_type in MSGPACK_CONTENT_TYPES:
+            payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        else:
+            detail = f"content type {content_type or 'missing'!r} is not json or msgpack"
+            return [_dead(envelope, Reason.UNSUPPORTED_CONTENT_TYPE, detail, body)]
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        return [_dead(envelope, Reason.UNDECODABLE, str(exc), body)]
+
+    if isinstance(payload, dict):
+        raw = body if content_type == JSON_CONTENT_TYPE else None
+        return [_judge(envelope, payload, raw, index=None)]
+    if isinstance(payload, list):
+        if not payload:
+            return [_dead(envelope, Reason.EMPTY_LIST, "list holds no events", body)]
+        return [_judge(envelope, item, None, index=i) for i, item in enumerate(payload)]
+    kind = type(payload).__name__
+    return [_dead(envelope, Reason.NOT_AN_OBJECT, f"body is a {kind}", body)]
+
+
+def _judge(envelope: Envelope, item: Any, raw: bytes | None, index: int | None) -> Outcome:
+    """One decoded event (or list element) as a record, or a dead letter saying why not."""
+    extra = [] if index is None else [("index", str(index).encode())]
+    if not isinstance(item, dict):
+        detail = f"element is a {type(item).__name__}"
+        return _dead(envelope, Reason.NOT_AN_OBJECT, detail, _reencode(item), extra)
+    event_type = item.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        return _dead(envelope, Reason.MISSING_TYPE, "no string 'type' field", _reencode(item), extra)
+    try:
+        eid = event_id(item)
+        value = raw if raw is not None else orjson.dumps(item)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        return _dead(envelope, Reason.UNENCODABLE, str(exc), _reencode(item), extra)
+    headers: Headers = [("event_type", event_type.encode())]
+    hostname = item.get("hostname")
+    if isinstance(hostname, str):
+        headers.append(("hostname", hostname.encode()))
+    task_id = item.get("uuid")
+    if isinstance(task_id, str):
+        headers.append(("task_id", task_id.encode()))
+    headers += [
+        ("event_id", eid.encode()),
+        ("content_type", _JSON_HEADER),
+        ("received_at", str(envelope.received_at_ms).encode()),
+    ]
+    return EventRecord(record_key(item), value, headers, event_type)
+
+
+def _reencode(item: Any) -> bytes:
+    """A decoded element as bytes for the dead-letter topic (JSON where possible)."""
+    try:
+        return orjson.dumps(item)
+    except (TypeError, orjson.JSONEncodeError):
+        return msgpack.packb(item, default=repr)  # type: ignore[no-any-return]
+
+
+def _dead(
+    envelope: Envelope, reason: Reason, error: str, value: bytes, extra: Headers | None = None
+) -> DeadLetter:
+    headers: Headers = [
+        ("reason", reason.value.encode()),
+        ("error", error[:_MAX_ERROR_CHARS].encode(errors="replace")),
+        ("routing_key", envelope.routing_key.encode(errors="replace")),
+        ("content_type", (envelope.content_type or "").encode(errors="replace")),
+        ("content_encoding", (envelope.content_encoding or "").encode(errors="replace")),
+        ("received_at", str(envelope.received_at_ms).encode()),
+    ]
+    return DeadLetter(reason, value, headers + (extra or []))

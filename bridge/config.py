@@ -1,0 +1,146 @@
+"""Settings: parsed once from ``BRIDGE_*`` variables and CLI flags into a frozen object."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bridge.errors import ConfigError
+
+ENV_PREFIX = "BRIDGE_"
+
+QueueType = Literal["quorum", "classic"]
+Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+Topology = Literal["competing"]
+
+
+class Config(BaseSettings):
+    """Every setting of the bridge; each is also a ``BRIDGE_<NAME>`` variable and a CLI flag."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True
+    )
+
+    amqp_url: str = Field(
+        "amqp://guest:guest@localhost:5672//", description="RabbitMQ URL the workers publish to."
+    )
+    kafka_bootstrap_servers: str = Field(
+        "localhost:9092", description="Comma-separated Kafka brokers (host:port)."
+    )
+    topic: str = Field("celery.events", description="Kafka topic for the events.")
+    dlq_topic: str = Field(
+        "celery.events.dlq", description="Kafka topic for messages that are not valid events."
+    )
+    event_exchange: str = Field(
+        "celeryev", description="Celery's event exchange (the app's event_exchange setting)."
+    )
+    queue_prefix: str = Field(
+        "celeryev", description="Prefix of the bridge queue (the app's event_queue_prefix)."
+    )
+    node_id: str = Field(
+        "kafka-bridge",
+        description="Shared name of the bridge queue: <queue-prefix>.<node-id>; replicas share it.",
+    )
+    topology: Topology = Field(
+        "competing", description="How replicas share the queue: competing (round-robin)."
+    )
+    queue_type: QueueType = Field(
+        "quorum", description="quorum keeps transient events across a RabbitMQ restart; classic not."
+    )
+    queue_max_length: int | None = Field(
+        None, ge=1, description="Bound the queue to this many messages (x-max-length); off if unset."
+    )
+    queue_overflow: Overflow = Field(
+        "reject-publish", description="What RabbitMQ does when the length bound is reached."
+    )
+    delivery_limit: int | None = Field(
+        None,
+        ge=1,
+        description="Redeliveries before RabbitMQ drops or dead-letters a message; unset: unlimited.",
+    )
+    dead_letter_exchange: str | None = Field(
+        None, description="AMQP exchange for messages past the delivery limit or length bound."
+    )
+    prefetch: int = Field(
+        1000, ge=1, le=65535, description="Unacked AMQP messages in flight per replica."
+    )
+    max_message_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="Larger AMQP bodies are dead-lettered (truncated to this size).",
+    )
+    kafka_enable_idempotence: bool = Field(
+        True, description="Idempotent Kafka producer (keep on unless the broker cannot do it)."
+    )
+    kafka_compression: Compression = Field("none", description="Kafka record compression.")
+    kafka_linger_ms: int = Field(5, ge=0, description="How long the producer waits to fill a batch.")
+    kafka_batch_bytes: int = Field(
+        262_144, ge=1024, description="Largest Kafka record batch per partition, in bytes."
+    )
+    kafka_request_timeout_ms: int = Field(
+        30_000, ge=1000, description="Kafka request timeout; failed sends are retried after it."
+    )
+    topic_partitions: int = Field(
+        12, ge=1, description="Partitions of topics the bridge creates (existing ones untouched)."
+    )
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of topics the bridge creates."
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0, gt=0, description="On SIGTERM, how long to wait for Kafka before exiting."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
+
+    @field_validator("topic", "dlq_topic")
+    @classmethod
+    def _valid_topic(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
+            raise ValueError("a Kafka topic name is 1-249 of [A-Za-z0-9._-]")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _valid_amqp_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in {"amqp", "amqps", "pyamqp"}:
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _valid_servers(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{server.strip()!r} is not host:port")
+        return value
+
+    @property
+    def queue_name(self) -> str:
+        """The shared bridge queue, named like Celery's receiver queues."""
+        return f"{self.queue_prefix}.{self.node_id}"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap_servers.split(",")]
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Config:
+        """Build from the environment plus explicit values; a bad value raises `ConfigError`."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the first bad setting by its environment variable."""
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error["loc"] else "?"
+    return f"invalid setting {ENV_PREFIX}{name.upper()}: {error['msg']}"

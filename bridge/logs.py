@@ -1,0 +1,37 @@
+"""Logging set-up and the masking of credentials in anything logged or raised."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s]*@", re.IGNORECASE)
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _CREDENTIALS.sub(r"\g<scheme>:***@", text)
+
+
+def describe(exc: BaseException | None) -> str:
+    """One masked line naming an exception, for log lines and error messages."""
+    if exc is None:
+        return "unknown error"
+    return mask_credentials(f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+
+class MaskingFormatter(logging.Formatter):
+    """Formats as usual, then masks every URL password in the line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_credentials(super().format(record))
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,167 @@
+"""From deliveries to Kafka and back to acks: the at-least-once core.
+
+Each delivery is decoded into records; it is acked only when Kafka confirmed every one of them
+(dead letters included). Failed sends are retried with backoff, never dropped. Acks leave in
+batches, as the contiguous prefix of completed deliveries of the current channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+from bridge.acks import AckOp, AckTracker
+from bridge.codec import DeadLetter, Outcome, decode
+from bridge.sink import backoff
+from bridge.source import Delivery
+
+log = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    async def send(self, outcome: Outcome) -> asyncio.Future[Any]: ...
+
+
+@dataclass
+class Stats:
+    """Running totals, for the status line and the tests."""
+
+    messages: int = 0
+    events: int = 0
+    dead_letters: int = 0
+    acked: int = 0
+    retried_sends: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    generation: int
+    tag: int
+    remaining: int
+
+
+@dataclass
+class Pipeline:
+    """Publishes each delivery's records and acks the delivery once Kafka has them all."""
+
+    sink: Sender
+    max_message_bytes: int
+    post_acks: Callable[[int, list[AckOp]], None]
+    stats: Stats = field(default_factory=Stats)
+
+    def __post_init__(self) -> None:
+        self._inbox: asyncio.Queue[list[Delivery] | None] = asyncio.Queue()
+        self._generation = 0
+        self._tracker = AckTracker()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._ack_scheduled = False
+        self._retries: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries taken but not yet fully confirmed by Kafka."""
+        return self._in_flight
+
+    def attach(self, generation: int) -> None:
+        """A new channel is consuming; tags of earlier channels can no longer be acked."""
+        self._generation = generation
+        self._tracker = AckTracker()
+
+    def detach(self, generation: int) -> None:
+        if generation == self._generation:
+            self._tracker = AckTracker()
+
+    def accept(self, batch: list[Delivery]) -> None:
+        self._inbox.put_nowait(batch)
+
+    async def run(self) -> None:
+        """Publish deliveries in arrival order until `drain` is called."""
+        while not self._closing:
+            batch = await self._inbox.get()
+            if batch is None:
+                return
+            for delivery in batch:
+                if self._closing:
+                    return
+                await self._publish(delivery)
+
+    async def drain(self, timeout: float) -> bool:
+        """Take nothing new; wait up to ``timeout`` for Kafka to confirm what is in flight."""
+        self._closing = True
+        self._inbox.put_nowait(None)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("%d messages still unconfirmed; RabbitMQ will redeliver them", self._in_flight)
+        self._flush_acks()
+        for task in self._retries:
+            task.cancel()
+        return self._in_flight == 0
+
+    async def _publish(self, delivery: Delivery) -> None:
+        outcomes = decode(delivery.envelope, self.max_message_bytes)
+        pending = _Pending(delivery.generation, delivery.tag, len(outcomes))
+        if delivery.generation == self._generation:
+            self._tracker.add(delivery.tag)
+        self._in_flight += 1
+        self._idle.clear()
+        self.stats.messages += 1
+        for outcome in outcomes:
+            try:
+                future = await self.sink.send(outcome)
+            except Exception as exc:  # noqa: BLE001 - any failed send is retried, never dropped
+                self._retry(pending, outcome, exc)
+                continue
+            future.add_done_callback(partial(self._on_sent, pending, outcome))
+
+    def _on_sent(self, pending: _Pending, outcome: Outcome, future: asyncio.Future[Any]) -> None:
+        exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            self._retry(pending, outcome, exc)
+        else:
+            self._confirmed(pending, outcome)
+
+    def _retry(self, pending: _Pending, outcome: Outcome, exc: BaseException) -> None:
+        log.warning("kafka send failed (%s); retrying", type(exc).__name__)
+        self.stats.retried_sends += 1
+        task = asyncio.get_running_loop().create_task(self._resend(pending, outcome))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _resend(self, pending: _Pending, outcome: Outcome) -> None:
+        async for attempt in backoff("kafka send"):
+            with attempt:
+                await (await self.sink.send(outcome))
+        self._confirmed(pending, outcome)
+
+    def _confirmed(self, pending: _Pending, outcome: Outcome) -> None:
+        if isinstance(outcome, DeadLetter):
+            self.stats.dead_letters += 1
+        else:
+            self.stats.events += 1
+        pending.remaining -= 1
+        if pending.remaining:
+            return
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
+        if pending.generation == self._generation:
+            self._tracker.complete(pending.tag)
+            if not self._ack_scheduled:
+                self._ack_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_scheduled = False
+        ops, count = self._tracker.take_acks()
+        if ops:
+            self.stats.acked += count
+            self.post_acks(self._generation, ops)

@@ -1,0 +1,116 @@
+"""The bridge's lifecycle: start Kafka, consume AMQP, drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from bridge.config import Config
+from bridge.pipeline import Pipeline
+from bridge.sink import KafkaSink
+from bridge.source import AmqpSource, Delivery
+from bridge.topology import topology_for
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_SECONDS = 30.0
+
+
+class _LoopListener:
+    """Carries what the source thread sees onto the event loop, in order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pipeline: Pipeline) -> None:
+        self._loop = loop
+        self._pipeline = pipeline
+        self.fatal: asyncio.Future[None] = loop.create_future()
+
+    def on_attached(self, generation: int) -> None:
+        self._loop.call_soon_threadsafe(self._pipeline.attach, generation)
+
+    def on_detached(self, generation: int) -> None:
+        self._loop.call_soon_threadsafe(self._pipeline.detach, generation)
+
+    def on_deliveries(self, batch: list[Delivery]) -> None:
+        self._loop.call_soon_threadsafe(self._pipeline.accept, batch)
+
+    def on_fatal(self, exc: BaseException) -> None:
+        self._loop.call_soon_threadsafe(self._fail, exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.fatal.done():
+            self.fatal.set_exception(exc)
+
+
+async def run_bridge(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT); raise what stopped it otherwise."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sink = KafkaSink(config)
+    if not await _until_stopped(sink.start(), stop):
+        return
+    source = AmqpSource(config, topology_for(config))
+    pipeline = Pipeline(sink, config.max_message_bytes, source.post_acks)
+    listener = _LoopListener(loop, pipeline)
+    work = asyncio.gather(pipeline.run(), _status_lines(pipeline))
+    source.start(listener)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({stopped, listener.fatal, work}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        deadline = time.monotonic() + config.shutdown_grace_seconds
+        log.info("draining: taking no new messages, waiting for kafka to confirm in-flight ones")
+        source.stop_consuming()
+        drained = await pipeline.drain(max(0.0, deadline - time.monotonic() - 1.0))
+        await loop.run_in_executor(None, source.close, max(0.5, deadline - time.monotonic()))
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
+                await sink.stop()
+        log.info(
+            "stopped: %d messages, %d events, %d dead letters, %d acked, drained=%s",
+            pipeline.stats.messages,
+            pipeline.stats.events,
+            pipeline.stats.dead_letters,
+            pipeline.stats.acked,
+            drained,
+        )
+    if listener.fatal.done():
+        listener.fatal.result()
+
+
+async def _until_stopped(coro: Any, stop: asyncio.Event) -> bool:
+    """Run ``coro`` unless ``stop`` is set first; True if it completed."""
+    task = asyncio.ensure_future(coro)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
+async def _status_lines(pipeline: Pipeline) -> None:
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL_SECONDS)
+        stats = pipeline.stats
+        log.info(
+            "status: %d messages, %d events, %d dead letters, %d acked, %d in flight",
+            stats.messages,
+            stats.events,
+            stats.dead_letters,
+            stats.acked,
+            pipeline.in_flight,
+        )

@@ -1,0 +1,113 @@
+"""The Kafka side: an aiokafka producer (acks=all) and the topics it writes to."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+from tenacity import AsyncRetrying, retry_if_exception_type
+
+from bridge.codec import DeadLetter, Outcome
+from bridge.config import Config
+from bridge.errors import TransientError
+from bridge.retry import backoff_policy
+
+log = logging.getLogger(__name__)
+
+_TOPIC_ALREADY_EXISTS = 36
+_HEADROOM_BYTES = 65_536
+"""Room for the key and headers above the largest body the bridge accepts."""
+
+
+def backoff(what: str) -> AsyncRetrying:
+    """Retry a Kafka operation until it succeeds, with exponential backoff."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type((KafkaError, TransientError, OSError)), **backoff_policy(what)
+    )
+
+
+class KafkaSink:
+    """Writes records to the events topic and dead letters to the dead-letter topic."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Connect (retrying until Kafka answers) and create the topics that are missing."""
+        async for attempt in backoff("kafka connect"):
+            with attempt:
+                producer = AIOKafkaProducer(**self.producer_options())
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+        async for attempt in backoff("kafka topic creation"):
+            with attempt:
+                await self.ensure_topics()
+        log.info("kafka producer ready at %s", self._config.kafka_bootstrap_servers)
+
+    def producer_options(self) -> dict[str, Any]:
+        config = self._config
+        return {
+            "bootstrap_servers": config.bootstrap_servers,
+            "client_id": "celery-kafka-bridge",
+            "acks": "all",
+            "enable_idempotence": config.kafka_enable_idempotence,
+            "compression_type": None
+            if config.kafka_compression == "none"
+            else config.kafka_compression,
+            "linger_ms": config.kafka_linger_ms,
+            "max_batch_size": config.kafka_batch_bytes,
+            "max_request_size": config.max_message_bytes + _HEADROOM_BYTES,
+            "request_timeout_ms": config.kafka_request_timeout_ms,
+        }
+
+    async def ensure_topics(self) -> None:
+        """Create missing topics with the configured layout; never alter existing ones."""
+        config = self._config
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=config.bootstrap_servers, request_timeout_ms=10_000
+        )
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            missing = [t for t in (config.topic, config.dlq_topic) if t not in existing]
+            if not missing:
+                return
+            response = await admin.create_topics(
+                [
+                    NewTopic(t, config.topic_partitions, config.topic_replication_factor)
+                    for t in missing
+                ]
+            )
+            for topic, code, message in response.topic_errors:
+                if code not in (0, _TOPIC_ALREADY_EXISTS):
+                    raise TransientError(f"creating topic {topic} failed: {code} {message}")
+                if code == 0:
+                    log.info("created kafka topic %s", topic)
+        finally:
+            await admin.close()
+
+    async def send(self, outcome: Outcome) -> asyncio.Future[Any]:
+        """Queue one record; the future resolves when Kafka acknowledged it (acks=all)."""
+        assert self._producer is not None, "start() first"
+        if isinstance(outcome, DeadLetter):
+            return await self._producer.send(
+                self._config.dlq_topic, outcome.value, headers=outcome.headers
+            )
+        return await self._producer.send(
+            self._config.topic, outcome.value, key=outcome.key, headers=outcome.headers
+        )
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+

@@ -1,0 +1,197 @@
+"""The AMQP side: one thread owns the connection, consumes with manual acks, applies acks.
+
+kombu/py-amqp are blocking and not thread-safe, so every channel operation happens on this
+thread. Deliveries leave it in batches; acks come back to it in batches through a deque.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from amqp.exceptions import PreconditionFailed
+from kombu import Connection
+from tenacity import Retrying, retry_if_exception_type
+
+from bridge.acks import AckOp
+from bridge.codec import Envelope
+from bridge.config import Config
+from bridge.errors import ConfigError
+from bridge.logs import describe, mask_credentials
+from bridge.retry import backoff_policy
+from bridge.topology import Topology
+
+log = logging.getLogger(__name__)
+
+_LINGER_SECONDS = 0.001
+"""How long a partial batch waits for the next message before it is handed off."""
+_POLL_SECONDS = 0.01
+"""Idle wait between checks for acks to apply; bounds the ack latency."""
+_MAX_BATCH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One AMQP message; ``generation`` names the channel its delivery tag belongs to."""
+
+    generation: int
+    tag: int
+    envelope: Envelope
+    redelivered: bool
+
+
+class SourceListener(Protocol):
+    """Receives what the source thread sees; each method is called on the source thread."""
+
+    def on_attached(self, generation: int) -> None: ...
+    def on_detached(self, generation: int) -> None: ...
+    def on_deliveries(self, batch: list[Delivery]) -> None: ...
+    def on_fatal(self, exc: BaseException) -> None: ...
+
+
+class AmqpSource:
+    """Consumes the bridge queue on its own thread, reconnecting with backoff."""
+
+    _listener: SourceListener
+
+    def __init__(self, config: Config, topology: Topology) -> None:
+        self._config = config
+        self._topology = topology
+        self._acks: deque[tuple[int, list[AckOp]]] = deque()
+        self._closed = threading.Event()
+        self._stop_consuming = threading.Event()
+        self._generation = 0
+        self._batch: list[Delivery] = []
+        self._thread = threading.Thread(target=self._run, name="amqp-source", daemon=True)
+
+    def start(self, listener: SourceListener) -> None:
+        """Connect and consume on the source thread, reporting to ``listener``."""
+        self._listener = listener
+        self._thread.start()
+
+    def stop_consuming(self) -> None:
+        """Take no new messages; acks are still applied until `close`."""
+        self._stop_consuming.set()
+
+    def post_acks(self, generation: int, ops: list[AckOp]) -> None:
+        """Queue acks for the source thread (thread-safe); stale generations are dropped there."""
+        self._acks.append((generation, ops))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Apply the acks already posted, close the connection (unacked ones are redelivered)."""
+        self._closed.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while not self._closed.is_set():
+                conn = self._connect()
+                if conn is None:
+                    return
+                try:
+                    self._session(conn)
+                except (*conn.connection_errors, *conn.channel_errors) as exc:
+                    log.warning("amqp disconnected: %s", describe(exc))
+                finally:
+                    self._batch = []  # unacked, so RabbitMQ redelivers them
+                    self._listener.on_detached(self._generation)
+                    _close_quietly(conn)
+        except BaseException as exc:  # noqa: BLE001 - a dead thread must stop the process, not hide
+            self._listener.on_fatal(exc)
+
+    def _connect(self) -> Any:
+        retrying = Retrying(
+            retry=retry_if_exception_type(Exception),
+            stop=lambda _state: self._closed.is_set(),
+            sleep=self._closed.wait,
+            **backoff_policy(f"amqp connect to {mask_credentials(self._config.amqp_url)}"),
+        )
+        for attempt in retrying:
+            with attempt:
+                if self._closed.is_set():
+                    return None
+                conn = Connection(self._config.amqp_url, heartbeat=30, connect_timeout=10)
+                conn.connect()
+                return conn
+        return None
+
+    def _session(self, conn: Any) -> None:
+        channel = conn.channel()
+        version = str(conn.connection.server_properties.get("version", ""))
+        try:
+            queues = self._topology.declare(channel, version)
+        except PreconditionFailed as exc:
+            raise ConfigError(
+                f"the queue or exchange exists with other arguments ({exc.reply_text}); "
+                "delete it or match its settings"
+            ) from exc
+        channel.basic_qos(0, self._config.prefetch, False)
+        self._generation += 1
+        self._acks.clear()
+        self._listener.on_attached(self._generation)
+        tags = [
+            channel.basic_consume(queue, no_ack=False, callback=self._on_message)
+            for queue in queues
+        ]
+        log.info("amqp consuming %s at %s", ", ".join(queues), mask_credentials(self._config.amqp_url))
+        consuming = True
+        while True:
+            if consuming and self._stop_consuming.is_set():
+                for tag in tags:
+                    channel.basic_cancel(tag)
+                consuming = False
+                log.info("amqp stopped consuming; applying the last acks")
+            self._apply_acks(channel)
+            if self._closed.is_set():
+                return
+            conn.heartbeat_check()
+            self._drain_once(conn)
+
+    def _drain_once(self, conn: Any) -> None:
+        try:
+            conn.drain_events(timeout=_LINGER_SECONDS if self._batch else _POLL_SECONDS)
+        except TimeoutError:
+            self._hand_off()
+            return
+        if len(self._batch) >= _MAX_BATCH:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self._listener.on_deliveries(batch)
+
+    def _on_message(self, message: Any) -> None:
+        info = message.delivery_info
+        props = message.properties
+        envelope = Envelope(
+            message.body,
+            props.get("content_type"),
+            props.get("content_encoding"),
+            info.get("routing_key", ""),
+            time.time_ns() // 1_000_000,
+        )
+        self._batch.append(
+            Delivery(self._generation, info["delivery_tag"], envelope, info["redelivered"])
+        )
+
+    def _apply_acks(self, channel: Any) -> None:
+        acks = self._acks
+        while acks:
+            generation, ops = acks.popleft()
+            if generation != self._generation:
+                continue
+            for tag, multiple in ops:
+                channel.basic_ack(tag, multiple=multiple)
+
+
+def _close_quietly(conn: Any) -> None:
+    try:
+        conn.release()
+    except (OSError, *conn.connection_errors):
+        log.debug("closing the amqp connection failed", exc_info=True)
+
