@@ -121,6 +121,7 @@ class AmqpSource:
 
     def _session(self, conn: Any) -> None:
         channel = conn.channel()
+        channel.auto_decode = False  # keep bodies as the exact bytes the worker sent
         version = str(conn.connection.server_properties.get("version", ""))
         try:
             queues = self._topology.declare(channel, version)
