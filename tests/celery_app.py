@@ -1,0 +1,41 @@
+"""The Celery app the tests' real workers run: tasks that succeed, fail, retry and report."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+
+app = Celery("bridge_tests", broker=os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1//"))
+app.conf.update(
+    event_exchange=os.environ.get("TEST_EVENT_EXCHANGE", "celeryev"),
+    task_default_queue=os.environ.get("TEST_TASK_QUEUE", "celery"),
+    task_send_sent_event=True,
+    worker_send_task_events=True,
+    broker_connection_retry_on_startup=True,
+    result_backend=None,
+)
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(bind=True, max_retries=2, default_retry_delay=0.1)
+def flaky(self: Any) -> str:
+    if self.request.retries < 2:
+        raise self.retry(exc=RuntimeError("not yet"))
+    return "done"
+
+
+@app.task(bind=True)
+def report(self: Any, progress: int) -> int:
+    self.send_event("task-progress", progress=progress)
+    return progress

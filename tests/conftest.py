@@ -1,0 +1,107 @@
+"""Fixtures: a Tansu broker per session, unique names per test, bridge replicas, workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.embedded import EmbeddedKafka
+from tests.support import AMQP_URL, ROOT, BridgeProcess, Names, Rabbit, bridge_env, poll
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    broker = EmbeddedKafka(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log")
+    with broker:
+        yield broker
+
+
+@pytest.fixture
+def names() -> Names:
+    return Names()
+
+
+@pytest.fixture
+def rabbit(names: Names) -> Iterator[Rabbit]:
+    client = Rabbit()
+    yield client
+    client.delete(
+        queues=[names.queue, f"witness-{names.suffix}", names.task_queue],
+        exchanges=[names.exchange],
+    )
+    client.close()
+
+
+@pytest.fixture
+def witness(rabbit: Rabbit, names: Names) -> str:
+    """A queue that sees every event published on the test's exchange."""
+    return rabbit.witness(names.exchange, f"witness-{names.suffix}")
+
+
+BridgeFactory = Callable[..., BridgeProcess]
+
+
+@pytest.fixture
+def start_bridge(
+    names: Names, kafka: EmbeddedKafka, rabbit: Rabbit, tmp_path: Path
+) -> Iterator[BridgeFactory]:
+    """Start a bridge replica and wait until it consumes; every replica is killed at the end."""
+    started: list[BridgeProcess] = []
+
+    def start(wait: bool = True, **overrides: str) -> BridgeProcess:
+        env = bridge_env(names, kafka.bootstrap_servers, **overrides)
+        replica = BridgeProcess(env, tmp_path / f"bridge-{len(started)}.log").start()
+        started.append(replica)
+        if wait:
+            poll(
+                lambda: "amqp consuming" in replica.log() or not replica.alive(),
+                30,
+                what="the bridge to consume",
+            )
+            assert replica.alive(), replica.log()
+        return replica
+
+    yield start
+    for replica in started:
+        replica.kill()
+
+
+@pytest.fixture
+def worker(names: Names, rabbit: Rabbit, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start a real Celery worker (prefork, 2 processes) for the test's exchange and queue."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(events: bool = True, hostname: str | None = None) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "TEST_BROKER_URL": AMQP_URL,
+            "TEST_EVENT_EXCHANGE": names.exchange,
+            "TEST_TASK_QUEUE": names.task_queue,
+        }
+        args = [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-P", "prefork",
+                "-c", "2", "-Q", names.task_queue, "-n", hostname or f"w-{names.suffix}@%h",
+                "--without-gossip", "--without-mingle", "-l", "INFO"]
+        if events:
+            args.append("-E")
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        started.append(process)
+        poll(lambda: "ready." in log_path.read_text(errors="replace"), 60, what="worker ready")
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

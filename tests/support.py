@@ -1,0 +1,253 @@
+"""Helpers for tests that talk to the real RabbitMQ, Tansu and Celery workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import amqp
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def poll(condition: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "") -> Any:
+    """Wait until ``condition()`` is truthy and return it; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class Names:
+    """Unique AMQP and Kafka names for one test, so tests never see each other's events."""
+
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+
+    @property
+    def exchange(self) -> str:
+        return f"celeryev-{self.suffix}"
+
+    @property
+    def node_id(self) -> str:
+        return f"bridge-{self.suffix}"
+
+    @property
+    def queue(self) -> str:
+        return f"celeryev.{self.node_id}"
+
+    @property
+    def topic(self) -> str:
+        return f"events-{self.suffix}"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"events-{self.suffix}.dlq"
+
+    @property
+    def task_queue(self) -> str:
+        return f"tasks-{self.suffix}"
+
+
+def bridge_env(names: Names, bootstrap: str, **overrides: str) -> dict[str, str]:
+    """Environment for a bridge replica in a test."""
+    env = {
+        "BRIDGE_AMQP_URL": AMQP_URL,
+        "BRIDGE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "BRIDGE_KAFKA_ENABLE_IDEMPOTENCE": "false",  # Tansu cannot do InitProducerId
+        "BRIDGE_EVENT_EXCHANGE": names.exchange,
+        "BRIDGE_NODE_ID": names.node_id,
+        "BRIDGE_TOPIC": names.topic,
+        "BRIDGE_DLQ_TOPIC": names.dlq_topic,
+        "BRIDGE_TOPIC_PARTITIONS": "4",
+        "BRIDGE_LOG_LEVEL": "INFO",
+    }
+    env.update(overrides)
+    return env
+
+
+class BridgeProcess:
+    """A bridge replica as a real process (`python -m bridge run`), so it can be killed."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BridgeProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bridge", "run"],
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.signal(signal.SIGKILL)
+            self.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Rabbit:
+    """A plain py-amqp connection for declaring, inspecting and publishing in tests."""
+
+    def __init__(self) -> None:
+        self.conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")
+        self.conn.connect()
+        self.channel = self.conn.channel()
+
+    def queue_state(self, queue: str) -> tuple[int, int]:
+        """(ready messages, consumers) of a queue; unacked messages are not counted as ready."""
+        _, messages, consumers = self.channel.queue_declare(queue, passive=True)
+        return messages, consumers
+
+    def publish(
+        self, exchange: str, routing_key: str, body: bytes, content_type: str | None, **props: Any
+    ) -> None:
+        message = amqp.Message(body, content_type=content_type, **props)
+        self.channel.basic_publish(message, exchange, routing_key)
+
+    def witness(self, exchange: str, name: str) -> str:
+        """An independent queue bound to the event exchange: what the workers really sent."""
+        self.channel.exchange_declare(exchange, "topic", durable=True, auto_delete=False)
+        self.channel.queue_declare(name, durable=True, auto_delete=False)
+        self.channel.queue_bind(name, exchange, "#")
+        return name
+
+    def drain(self, queue: str, idle: float = 1.0) -> list[amqp.Message]:
+        """Every message of a queue (acked), until it stays empty for ``idle`` seconds."""
+        messages: list[amqp.Message] = []
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle:
+            message = self.channel.basic_get(queue, no_ack=True)
+            if message is None:
+                time.sleep(0.05)
+                continue
+            messages.append(message)
+            quiet_since = time.monotonic()
+        return messages
+
+    def delete(self, queues: Iterable[str] = (), exchanges: Iterable[str] = ()) -> None:
+        for queue in queues:
+            self.channel.queue_delete(queue)
+        for exchange in exchanges:
+            self.channel.exchange_delete(exchange)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def events_of(messages: Iterable[amqp.Message]) -> list[dict[str, Any]]:
+    """The events carried by JSON event messages (lists split)."""
+    events: list[dict[str, Any]] = []
+    for message in messages:
+        payload = orjson.loads(message.body)
+        events.extend(payload if isinstance(payload, list) else [payload])
+    return events
+
+
+@dataclass(frozen=True)
+class KafkaRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+
+    def json(self) -> Any:
+        return orjson.loads(self.value)
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[KafkaRecord]], bool] | None = None,
+    timeout: float = 60.0,
+    idle: float = 2.0,
+) -> list[KafkaRecord]:
+    """Records of a topic from the beginning, with partitions assigned explicitly.
+
+    Reads until ``until(records)`` holds (then until idle, to catch duplicates), or until no
+    record arrived for ``idle`` seconds when no condition is given; Tansu's end offsets can trail
+    what it serves, so they are not used.
+    """
+    return asyncio.run(_read_topic(bootstrap, topic, until, timeout, idle))
+
+
+async def _read_topic(
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[KafkaRecord]], bool] | None,
+    timeout: float,
+    idle: float,
+) -> list[KafkaRecord]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        deadline = time.monotonic() + timeout
+        while not partitions and time.monotonic() < deadline:
+            await consumer.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+        assert partitions, f"topic {topic} does not exist"
+        assignment = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assignment)
+        await consumer.seek_to_beginning(*assignment)
+        records: list[KafkaRecord] = []
+        last_record = time.monotonic()
+        satisfied = until is None
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for tp, messages in batches.items():
+                records.extend(
+                    KafkaRecord(tp.topic, tp.partition, m.offset, m.key, m.value, dict(m.headers))
+                    for m in messages
+                )
+            if batches:
+                last_record = time.monotonic()
+                if until is not None and not satisfied:
+                    satisfied = until(records)
+            elif satisfied and time.monotonic() - last_record > idle:
+                break
+        return records
+    finally:
+        await consumer.stop()
