@@ -206,9 +206,9 @@ def read_topic(
 ) -> list[KafkaRecord]:
     """Records of a topic from the beginning, with partitions assigned explicitly.
 
-    Reads until ``until(records)`` holds (then until idle, to catch duplicates), or until no
-    record arrived for ``idle`` seconds when no condition is given; Tansu's end offsets can trail
-    what it serves, so they are not used.
+    Reads until ``until(records)`` holds, then ``idle`` seconds more to catch late duplicates;
+    without a condition, until no record arrived for ``idle`` seconds. Tansu's end offsets can
+    trail what it serves, so they are not used.
     """
     return asyncio.run(_read_topic(bootstrap, topic, until, timeout, idle))
 
@@ -233,7 +233,7 @@ async def _read_topic(
         consumer.assign(assignment)
         await consumer.seek_to_beginning(*assignment)
         records: list[KafkaRecord] = []
-        last_record = time.monotonic()
+        last_record = satisfied_at = time.monotonic()
         satisfied = until is None
         while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
@@ -246,7 +246,10 @@ async def _read_topic(
                 last_record = time.monotonic()
                 if until is not None and not satisfied:
                     satisfied = until(records)
-            elif satisfied and time.monotonic() - last_record > idle:
+                    satisfied_at = time.monotonic()
+            elif until is None and time.monotonic() - last_record > idle:
+                break
+            if until is not None and satisfied and time.monotonic() - satisfied_at > idle:
                 break
         return records
     finally:
