@@ -21,7 +21,7 @@ def backoff_policy(what: str, max_wait: float = 15.0) -> dict[str, Any]:
         log.warning("%s failed: %s; retrying in %.1fs", what, describe(exc), wait)
 
     return {
-        "wait": wait_exponential_jitter(initial=0.5, max=max_wait),
+        "wait": wait_exponential_jitter(multiplier=0.5, max=max_wait, jitter=0.5),
         "before_sleep": before_sleep,
         "reraise": True,
     }

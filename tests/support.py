@@ -254,3 +254,49 @@ async def _read_topic(
         return records
     finally:
         await consumer.stop()
+
+
+def publish_events(exchange: str, count: int, rate: float | None = None, hostname: str = "") -> int:
+    """Send ``count`` task events through Celery's own dispatcher, half of them in lists.
+
+    Returns how many were sent; ``rate`` (events/s) paces them.
+    """
+    from celery import Celery
+
+    app = Celery(broker=AMQP_URL, set_as_current=False)
+    app.conf.event_exchange = exchange
+    hostname = hostname or f"loadgen-{uuid.uuid4().hex[:6]}@test"
+    started = time.monotonic()
+    with app.connection_for_write() as conn:
+        single = app.events.Dispatcher(conn, hostname=hostname)
+        grouped = app.events.Dispatcher(
+            conn, hostname=hostname, buffer_group=["task"], buffer_limit=4
+        )
+        for i in range(count):
+            dispatcher = grouped if i % 2 else single
+            dispatcher.send("task-received", uuid=f"{hostname}-{i}", name="tests.add", args="(1, 2)",
+                            kwargs="{}", retries=0, eta=None, expires=None)
+            if rate and i % 100 == 99:
+                ahead = (i + 1) / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        grouped.flush()
+        # A synchronous round trip before closing, as a long-lived worker connection would
+        # have: RabbitMQ 3.10 quorum queues can drop the last messages of a publisher that
+        # closes its channel straight after publishing without confirms.
+        conn.default_channel.exchange_declare(exchange, "topic", durable=True, passive=True)
+        single.close()
+        grouped.close()
+    app.close()
+    return count
+
+
+def event_ids(records: Iterable[KafkaRecord]) -> set[str]:
+    return {r.headers["event_id"].decode() for r in records}
+
+
+def sent_event_ids(messages: Iterable[amqp.Message]) -> set[str]:
+    """Ids of the events the witness saw (what a correct bridge must deliver)."""
+    from bridge.codec import event_id
+
+    return {event_id(e) for e in events_of(messages)}

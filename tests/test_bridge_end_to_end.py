@@ -52,7 +52,7 @@ def test_every_event_a_worker_sends_reaches_kafka_keyed_and_unchanged(
     worker: Callable[..., Any],
 ) -> None:
     bridge = start_bridge()
-    worker()
+    celery_worker = worker()
     app = client_app(names)
     task_ids = run_task_mix(app)
 
@@ -61,9 +61,13 @@ def test_every_event_a_worker_sends_reaches_kafka_keyed_and_unchanged(
         return TASK_EVENTS <= types
 
     records = read_topic(kafka.bootstrap_servers, names.topic, until=all_task_events_seen, timeout=60)
+    celery_worker.send_signal(signal.SIGTERM)  # no more events, not even heartbeats
+    assert celery_worker.wait(30) == 0
+    app.close()
+    poll(lambda: rabbit.queue_state(names.queue) == (0, 1), 30, what="bridge queue empty")
     bridge.signal(signal.SIGTERM)
     assert bridge.wait(30) == 0
-    app.close()
+    records = read_topic(kafka.bootstrap_servers, names.topic, idle=1.0)
 
     sent = rabbit.drain(witness)
     expected = events_of(m for m in sent if m.properties["content_type"] == "application/json")
@@ -84,7 +88,7 @@ def test_every_event_a_worker_sends_reaches_kafka_keyed_and_unchanged(
     seen_task_ids = {r.headers.get("task_id", b"").decode() for r in records}
     assert set(task_ids) <= seen_task_ids
     assert {e["type"] for e in expected} >= TASK_EVENTS
-    assert rabbit.queue_state(names.queue) == (0, 0), "messages left in the bridge queue"
+    assert rabbit.queue_state(names.queue) == (0, 0), "unacked messages went back to the queue"
 
 
 def test_a_single_event_message_is_passed_through_byte_for_byte(
