@@ -10,6 +10,7 @@ from celery import Celery
 
 app = Celery("demo", broker=os.environ.get("DEMO_BROKER_URL", "amqp://guest:guest@localhost//"))
 app.conf.update(
+    task_default_queue=os.environ.get("DEMO_TASK_QUEUE", "celery"),
     # task-sent events come from the producer side, so they must be switched on there.
     task_send_sent_event=True,
     broker_connection_retry_on_startup=True,
@@ -34,4 +35,4 @@ def flaky(self: Any) -> int:
     """Fails its first attempts, so the stream shows task-retried events."""
     if self.request.retries < 2:
         raise self.retry(exc=ConnectionError("demo transient error"))
-    return self.request.retries
+    return int(self.request.retries)
