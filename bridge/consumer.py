@@ -107,8 +107,8 @@ class Dedup:
 class ClockOrder:
     """Holds back up to ``window`` events and releases each task's events in clock order.
 
-    Events without a task id or clock keep their place; the relative order of different tasks is
-    kept as it arrived.
+    It releases the oldest held event, or in its place the earliest-clocked held event of the
+    same task; events without a task id or clock are released as they come.
     """
 
     def __init__(self, window: int) -> None:
