@@ -129,8 +129,13 @@ class Timeline:
 
 
 def build_timeline(task_id: str, events: Iterable[Fields]) -> Timeline:
-    """The steps of one task in the order given, the time per phase and the final state."""
-    ordered = [e for e in events if e.get("uuid") == task_id]
+    """The steps of one task in time order, the time per phase and the final state.
+
+    Arrival order is not time order: a worker buffers task events and flushes them in batches,
+    and its pool processes publish on their own connections. The sort is stable, so events with
+    the same timestamp keep the order given.
+    """
+    ordered = sorted((e for e in events if e.get("uuid") == task_id), key=_timestamp)
     builder = StateBuilder(max_tasks=1)
     steps: list[Step] = []
     phases = dict.fromkeys(PHASES, 0.0)

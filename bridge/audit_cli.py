@@ -7,12 +7,13 @@ import dataclasses
 import time
 import typing
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import click
 import orjson
 from aiokafka.errors import KafkaError
+from amqp.exceptions import AMQPError
 from kombu.exceptions import KombuError
 
 from bridge.audit import (
@@ -67,7 +68,7 @@ def _reported() -> Iterator[None]:
     """Broker and input failures as one masked line (exit 1), not a traceback."""
     try:
         yield
-    except (BridgeError, KafkaError, KombuError, OSError) as exc:
+    except (BridgeError, KafkaError, KombuError, AMQPError, OSError) as exc:
         raise click.ClickException(describe(exc)) from exc
 
 
@@ -109,7 +110,7 @@ def tail(
     )
     scan = _scan(flags, since=since, follow=True)
     shown = 0
-    with _reported():
+    with _reported(), suppress(KeyboardInterrupt):  # Ctrl-C is how a live view ends
         for event in read_events(scan):
             if not wanted.matches(event.data):
                 continue

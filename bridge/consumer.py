@@ -12,7 +12,6 @@ import asyncio
 import logging
 import sys
 import time
-from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,17 @@ from tqdm import tqdm
 from bridge.codec import event_id as compute_event_id
 from bridge.config import Config
 from bridge.errors import BridgeError
+from bridge.events import ClockOrder, Dedup, Event
+
+__all__ = [
+    "Event",
+    "EventStream",
+    "Scan",
+    "ScanStats",
+    "TopicNotFound",
+    "partition_for",
+    "read_events",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,108 +46,6 @@ _BATCH = 500
 
 class TopicNotFound(BridgeError):
     """The events topic does not exist (yet) on the brokers."""
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One event from the topic: the JSON object the worker sent, and where it was stored."""
-
-    data: dict[str, Any]
-    value: bytes
-    """The record value exactly as stored (the worker's JSON)."""
-    event_id: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    """The Kafka record timestamp (when the bridge produced it)."""
-    received_at: float | None
-    """When the bridge received the event from RabbitMQ (epoch seconds), if recorded."""
-
-    def json_line(self) -> bytes:
-        """The value on one line: as stored, unless it holds a newline (then re-encoded)."""
-        return self.value if b"\n" not in self.value else orjson.dumps(self.data)
-
-    @property
-    def type(self) -> str:
-        return str(self.data["type"])
-
-    @property
-    def task_id(self) -> str | None:
-        value = self.data.get("uuid")
-        return value if isinstance(value, str) else None
-
-    @property
-    def hostname(self) -> str | None:
-        value = self.data.get("hostname")
-        return value if isinstance(value, str) else None
-
-    @property
-    def clock(self) -> int | None:
-        value = self.data.get("clock")
-        return value if isinstance(value, int) else None
-
-    @property
-    def timestamp(self) -> float:
-        """The event's own timestamp (sender clock), else the record's."""
-        value = self.data.get("timestamp")
-        return float(value) if isinstance(value, int | float) else self.timestamp_ms / 1000
-
-
-class Dedup:
-    """Remembers the most recent ``capacity`` event ids (least recently seen forgotten first)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._seen: OrderedDict[str, None] = OrderedDict()
-
-    def first(self, event_id: str) -> bool:
-        """True the first time an id is offered (within memory), False for a repeat."""
-        if event_id in self._seen:
-            self._seen.move_to_end(event_id)
-            return False
-        self._seen[event_id] = None
-        if len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
-        return True
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-
-class ClockOrder:
-    """Holds back up to ``window`` events and releases each task's events in clock order.
-
-    It releases the oldest held event, or in its place the earliest-clocked held event of the
-    same task; events without a task id or clock are released as they come.
-    """
-
-    def __init__(self, window: int) -> None:
-        self.window = window
-        self._held: deque[Event] = deque()
-
-    def push(self, event: Event) -> list[Event]:
-        """Hold ``event``; return the events that leave the window, in release order."""
-        self._held.append(event)
-        released = []
-        while len(self._held) > self.window:
-            released.append(self._release())
-        return released
-
-    def flush(self) -> list[Event]:
-        """Release everything held (the stream went idle or ended)."""
-        return [self._release() for _ in range(len(self._held))]
-
-    def _release(self) -> Event:
-        head = self._held[0]
-        if head.task_id is None or head.clock is None:
-            return self._held.popleft()
-        same_task = (
-            i for i, e in enumerate(self._held) if e.task_id == head.task_id and e.clock is not None
-        )
-        index = min(same_task, key=lambda i: (self._held[i].clock, i))
-        event = self._held[index]
-        del self._held[index]
-        return event
 
 
 def partition_for(key: bytes, partitions: Sequence[int]) -> int:
@@ -227,9 +135,9 @@ class EventStream:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        await consumer.start()
         self._consumer = consumer
         try:
+            await consumer.start()
             self._partitions = await self._assignable()
             consumer.assign(self._partitions)
             await self._seek()
@@ -389,20 +297,21 @@ def read_events(scan: Scan) -> Iterator[Event]:
     loop = asyncio.new_event_loop()
     stream = EventStream(scan)
     events = stream.events()
+    step: asyncio.Task[Event] | None = None
     try:
         loop.run_until_complete(stream.start())
         while True:
+            step = loop.create_task(anext(events))
             try:
-                event = loop.run_until_complete(anext(events))
+                event = loop.run_until_complete(step)
             except StopAsyncIteration:
                 return
             yield event
     finally:
-        # An interrupt (Ctrl-C) can leave the generator mid-step: cancel that step first.
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        # An interrupt (Ctrl-C) can leave a step running: cancel it before closing the stream.
+        if step is not None and not step.done():
+            step.cancel()
+            loop.run_until_complete(asyncio.wait([step]))
         loop.run_until_complete(events.aclose())
         loop.run_until_complete(stream.stop())
         loop.close()

@@ -13,7 +13,7 @@ from kombu.entity import Exchange
 from kombu.messaging import Producer
 
 from bridge.codec import JSON_CONTENT_TYPE
-from bridge.consumer import Event
+from bridge.events import Event
 
 
 class Target(Protocol):

@@ -8,8 +8,9 @@ from dataclasses import replace
 from typing import Any
 
 from bridge.codec import record_key
-from bridge.consumer import ClockOrder, Dedup, Event, EventStream, Scan, partition_for, read_events
+from bridge.consumer import EventStream, Scan, partition_for, read_events
 from bridge.embedded import EmbeddedKafka
+from bridge.events import ClockOrder, Dedup, Event
 from tests.support import Names, poll, read_topic
 from tests.topic_writer import encode, task_events, write_records, write_records_async
 
@@ -26,17 +27,35 @@ def event(task_id: str | None, clock: int | None, offset: int) -> Event:
 def test_dedup_forgets_the_least_recently_seen_id_beyond_its_capacity() -> None:
     dedup = Dedup(2)
     assert [dedup.first(i) for i in ("a", "b", "a", "c", "a", "b")] == [
-        True, True, False, True, False, True]
+        True,
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
     assert len(dedup) == 2
 
 
 def test_clock_order_sorts_each_tasks_events_and_keeps_the_rest_in_place() -> None:
     order = ClockOrder(window=10)
-    arrivals = [event("a", 3, 0), event(None, None, 1), event("b", 1, 2), event("a", 1, 3),
-                event("a", 2, 4), event("b", 2, 5)]
+    arrivals = [
+        event("a", 3, 0),
+        event(None, None, 1),
+        event("b", 1, 2),
+        event("a", 1, 3),
+        event("a", 2, 4),
+        event("b", 2, 5),
+    ]
     released = [e for a in arrivals for e in order.push(a)] + order.flush()
     assert [(e.task_id, e.clock) for e in released] == [
-        ("a", 1), ("a", 2), ("a", 3), (None, None), ("b", 1), ("b", 2)]
+        ("a", 1),
+        ("a", 2),
+        ("a", 3),
+        (None, None),
+        ("b", 1),
+        ("b", 2),
+    ]
 
 
 def test_clock_order_holds_no_more_than_its_window() -> None:
@@ -52,8 +71,9 @@ def test_the_partition_of_a_task_is_where_the_bridges_producer_put_it(
 ) -> None:
     records = [encode(e) for i in range(12) for e in task_events(f"task-{i}")[:1]]
     write_records(kafka.bootstrap_servers, names.topic, records)
-    stored = read_topic(kafka.bootstrap_servers, names.topic, until=lambda r: len(r) == 12,
-                        idle=0.2)
+    stored = read_topic(
+        kafka.bootstrap_servers, names.topic, until=lambda r: len(r) == 12, idle=0.2
+    )
     assert len({r.partition for r in stored}) > 1
     for record in stored:
         assert record.key is not None
@@ -91,12 +111,18 @@ def test_the_sync_helper_reads_a_tasks_partition_only_and_orders_by_clock(
     key = record_key(target[0])
     assert key is not None
     same_partition = sum(
-        1 for e in others if partition_for(record_key(e) or b"", [0, 1, 2, 3])
-        == partition_for(key, [0, 1, 2, 3])
+        1
+        for e in others
+        if partition_for(record_key(e) or b"", [0, 1, 2, 3]) == partition_for(key, [0, 1, 2, 3])
     )
 
-    scan = Scan(kafka.bootstrap_servers, names.topic, task_id=target[0]["uuid"],
-                order_by_clock=True, idle_seconds=0.3)
+    scan = Scan(
+        kafka.bootstrap_servers,
+        names.topic,
+        task_id=target[0]["uuid"],
+        order_by_clock=True,
+        idle_seconds=0.3,
+    )
     stream = read_events(scan)
     got = [e.data for e in stream]
     assert got == target
