@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from bridge.audit_cli import COMMANDS
 from bridge.config import ENV_PREFIX, Config
 from bridge.errors import ConfigError
 from bridge.logs import describe, setup_logging
@@ -74,3 +75,7 @@ def run(**flags: Any) -> None:
     except Exception as exc:
         click.echo(f"celery-kafka-bridge: stopped by {describe(exc)}", err=True)
         sys.exit(1)
+
+
+for _command in COMMANDS:
+    main.add_command(_command)

@@ -1,0 +1,172 @@
+"""The audit logic over plain event lists: filters, timelines and the state summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.audit import (
+    EventFilter,
+    StateBuilder,
+    build_timeline,
+    format_event,
+    format_summary,
+    format_timeline,
+    summarise,
+)
+
+T0 = 1_714_564_800.0
+
+
+def task_event(kind: str, uuid: str, at: float, clock: int, **fields: Any) -> dict[str, Any]:
+    host = "client@h" if kind == "task-sent" else "w1@h"
+    return {
+        "type": kind,
+        "uuid": uuid,
+        "hostname": host,
+        "timestamp": T0 + at,
+        "utcoffset": 0,
+        "pid": 1,
+        "clock": clock,
+        **fields,
+    }
+
+
+def lifecycle(
+    uuid: str, name: str = "app.add", end: str = "task-succeeded", **end_fields: Any
+) -> list[dict[str, Any]]:
+    return [
+        task_event("task-sent", uuid, 0.0, 1, name=name, args="(1, 2)"),
+        task_event("task-received", uuid, 0.5, 2, name=name),
+        task_event("task-started", uuid, 0.75, 3),
+        task_event(end, uuid, 1.75, 4, **end_fields),
+    ]
+
+
+def test_a_filter_matches_later_events_of_a_task_by_the_name_seen_earlier() -> None:
+    events = lifecycle("a", name="app.add") + lifecycle("b", name="app.mul")
+    wanted = EventFilter(task_names=frozenset({"app.a*"}))
+    assert [e["uuid"] for e in events if wanted.matches(e)] == ["a"] * 4
+
+
+def test_filters_combine_and_accept_shell_patterns() -> None:
+    events = [*lifecycle("a"), {"type": "worker-heartbeat", "hostname": "w1@h", "timestamp": T0}]
+    wanted = EventFilter(types=frozenset({"task-s*"}), hostnames=frozenset({"w1@*"}))
+    assert [e["type"] for e in events if wanted.matches(e)] == ["task-started", "task-succeeded"]
+    by_id = EventFilter(task_ids=frozenset({"a"}))
+    assert not by_id.matches(events[-1])
+
+
+def test_the_name_memory_of_a_filter_is_bounded() -> None:
+    wanted = EventFilter(task_names=frozenset({"app.add"}), memory=1)
+    wanted.matches(lifecycle("a")[0])
+    wanted.matches(lifecycle("b")[0])
+    assert not wanted.matches(lifecycle("a")[2])
+    assert wanted.matches(lifecycle("b")[2])
+
+
+def test_an_event_reads_as_one_line_with_its_task_and_fields() -> None:
+    line = format_event(lifecycle("a", result="3", runtime=1.0)[-1])
+    assert line == "2024-05-01T12:00:01.750Z w1@h task-succeeded [a] result=3 runtime=1.0"
+
+
+def test_a_timeline_times_each_phase_and_ends_in_the_final_state() -> None:
+    timeline = build_timeline("a", lifecycle("a") + lifecycle("other"))
+    assert [s.event["type"] for s in timeline.steps] == [
+        "task-sent",
+        "task-received",
+        "task-started",
+        "task-succeeded",
+    ]
+    assert [s.since_previous for s in timeline.steps] == [None, 0.5, 0.25, 1.0]
+    assert timeline.phases == {"queued": 0.5, "waiting": 0.25, "running": 1.0}
+    assert (timeline.name, timeline.state) == ("app.add", "SUCCESS")
+    text = format_timeline(timeline)
+    assert "+0.250s" in text
+    assert text.endswith("queued 0.500s, waiting 0.250s, running 1.000s; final state SUCCESS")
+
+
+def test_a_retried_task_queues_again_and_custom_events_keep_the_phase() -> None:
+    events = [
+        task_event("task-received", "r", 0, 1, name="app.flaky"),
+        task_event("task-started", "r", 1, 2),
+        task_event("task-progress", "r", 2, 3, progress=50),
+        task_event("task-retried", "r", 3, 4, exception="RuntimeError('x')"),
+        task_event("task-received", "r", 5, 5, name="app.flaky"),
+        task_event("task-started", "r", 6, 6),
+        task_event("task-failed", "r", 8, 7, exception="ValueError('boom')"),
+    ]
+    timeline = build_timeline("r", events)
+    assert timeline.phases == {"queued": 2.0, "waiting": 2.0, "running": 4.0}
+    assert timeline.state == "FAILURE"
+
+
+def test_a_timeline_puts_events_that_arrived_late_in_time_order() -> None:
+    sent, received, started, succeeded = lifecycle("a")
+    timeline = build_timeline("a", [sent, started, succeeded, received])
+    assert [s.event for s in timeline.steps] == [sent, received, started, succeeded]
+    assert timeline.state == "SUCCESS"
+
+
+def build(events: list[dict[str, Any]]) -> StateBuilder:
+    builder = StateBuilder()
+    for event in events:
+        builder.feed(event, received_at=event["timestamp"])
+    return builder
+
+
+def test_the_summary_counts_tasks_by_state_and_name_and_lists_failures() -> None:
+    events = (
+        lifecycle("a")
+        + lifecycle("b", name="app.boom", end="task-failed", exception="ValueError('boom')")
+        + lifecycle("c")[:2]
+    )
+    summary = summarise(build(events).state, at=T0 + 10, stuck_after=60)
+    assert summary.by_state == {"FAILURE": 1, "RECEIVED": 1, "SUCCESS": 1}
+    assert summary.by_name == {"app.add": {"RECEIVED": 1, "SUCCESS": 1}, "app.boom": {"FAILURE": 1}}
+    (failure,) = summary.failures
+    assert (failure.task_id, failure.name, failure.exception, failure.worker) == (
+        "b",
+        "app.boom",
+        "ValueError('boom')",
+        "w1@h",
+    )
+    assert summary.stuck == []
+    assert summary.events == 10
+
+
+def test_tasks_left_received_or_started_past_the_threshold_are_stuck() -> None:
+    events = lifecycle("started")[:3] + lifecycle("received")[:2] + lifecycle("done")
+    summary = summarise(build(events).state, at=T0 + 120, stuck_after=60)
+    assert [(s.task_id, s.state) for s in summary.stuck] == [
+        ("received", "RECEIVED"),
+        ("started", "STARTED"),
+    ]
+    assert summary.stuck[1].seconds == 120 - 0.75
+    assert summarise(build(events).state, at=T0 + 30, stuck_after=60).stuck == []
+
+
+def test_workers_are_alive_until_their_heartbeats_expire() -> None:
+    beat = {
+        "type": "worker-heartbeat",
+        "hostname": "w1@h",
+        "timestamp": T0,
+        "freq": 2.0,
+        "utcoffset": 0,
+        "pid": 1,
+        "clock": 1,
+        "active": 0,
+        "processed": 0,
+    }
+    state = build([beat]).state
+    assert summarise(state, at=T0 + 1, stuck_after=60).workers[0].alive
+    (worker,) = summarise(state, at=T0 + 60, stuck_after=60).workers
+    assert (worker.hostname, worker.alive, worker.last_heartbeat) == ("w1@h", False, T0)
+    text = format_summary(summarise(state, at=T0 + 60, stuck_after=60))
+    assert "w1@h offline, last heartbeat 2024-05-01T12:00:00.000Z" in text
+
+
+def test_feeding_the_state_leaves_the_callers_event_alone() -> None:
+    event = lifecycle("a")[0]
+    before = dict(event)
+    build([event])
+    assert event == before
