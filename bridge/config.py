@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.errors import ConfigError
@@ -16,7 +19,7 @@ ENV_PREFIX = "BRIDGE_"
 QueueType = Literal["quorum", "classic"]
 Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
-Topology = Literal["competing"]
+Topology = Literal["ordered", "competing"]
 
 
 class Config(BaseSettings):
@@ -47,7 +50,9 @@ class Config(BaseSettings):
         description="Shared name of the bridge queue: <queue-prefix>.<node-id>; replicas share it.",
     )
     topology: Topology = Field(
-        "competing", description="How replicas share the queue: competing (round-robin)."
+        "ordered",
+        description="How replicas share the queue: ordered (one active, the rest hot standbys; "
+        "per-task order kept) or competing (round-robin; order best effort).",
     )
     queue_type: QueueType = Field(
         "quorum", description="quorum keeps transient events across a RabbitMQ restart; classic not."
@@ -97,6 +102,9 @@ class Config(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
     )
+    http_port: int = Field(
+        9808, ge=0, le=65535, description="Port of /livez, /readyz and /metrics; 0 turns it off."
+    )
 
     @field_validator("topic", "dlq_topic")
     @classmethod
@@ -123,20 +131,49 @@ class Config(BaseSettings):
 
     @property
     def queue_name(self) -> str:
-        """The shared bridge queue, named like Celery's receiver queues."""
-        return f"{self.queue_prefix}.{self.node_id}"
+        """The shared bridge queue, named like Celery's receiver queues.
+
+        Each topology has its own queue, so switching never meets a queue declared with other
+        arguments, and the old queue keeps its events until it is drained.
+        """
+        base = f"{self.queue_prefix}.{self.node_id}"
+        return base if self.topology == "ordered" else f"{base}.{self.topology}"
 
     @property
     def bootstrap_servers(self) -> list[str]:
         return [s.strip() for s in self.kafka_bootstrap_servers.split(",")]
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.delivery_limit is not None and self.queue_type != "quorum":
+            raise ValueError("delivery_limit needs queue_type quorum")
+        return self
+
     @classmethod
     def load(cls, **overrides: Any) -> Config:
-        """Build from the environment plus explicit values; a bad value raises `ConfigError`."""
+        """Build from flags, ``BRIDGE_*`` and ``BRIDGE_*_FILE`` variables; raise `ConfigError`."""
         try:
-            return cls(**overrides)
+            return cls(**{**secret_files(os.environ), **overrides})
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from exc
+
+
+def secret_files(environ: Mapping[str, str]) -> dict[str, str]:
+    """Settings read from the files named by ``BRIDGE_<NAME>_FILE`` (Docker/Kubernetes secrets)."""
+    values: dict[str, str] = {}
+    for variable, path in environ.items():
+        name = variable.removeprefix(ENV_PREFIX).removesuffix("_FILE").lower()
+        if not (variable.startswith(ENV_PREFIX) and variable.endswith("_FILE")):
+            continue
+        if name not in Config.model_fields:
+            raise ConfigError(f"invalid setting {variable}: no setting {ENV_PREFIX}{name.upper()}")
+        if f"{ENV_PREFIX}{name.upper()}" in environ:
+            raise ConfigError(f"invalid setting {variable}: {ENV_PREFIX}{name.upper()} is also set")
+        try:
+            values[name] = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"invalid setting {variable}: cannot read {path}: {exc.strerror}") from exc
+    return values
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -46,21 +46,28 @@ def _major(version: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
-class CompetingTopology:
-    """One shared durable queue; every replica consumes it and RabbitMQ round-robins."""
+class SharedQueueTopology:
+    """One shared durable queue bound with ``#``; every replica attaches to it.
+
+    ``ordered``: single active consumer, so RabbitMQ delivers to one replica at a time, in
+    queue order, and hands over to a standby when it goes. ``competing``: round-robin.
+    """
 
     def __init__(self, config: Config) -> None:
         self._config = config
 
     def declare(self, channel: Any, server_version: str) -> list[str]:
         config = self._config
+        arguments = queue_arguments(config, server_version)
+        if config.topology == "ordered":
+            arguments["x-single-active-consumer"] = True
         queue = Queue(
             config.queue_name,
             event_exchange(config.event_exchange),
             routing_key="#",
             durable=True,
             auto_delete=False,
-            queue_arguments=queue_arguments(config, server_version),
+            queue_arguments=arguments,
         )
         queue(channel).declare()
         return [config.queue_name]
@@ -68,4 +75,4 @@ class CompetingTopology:
 
 def topology_for(config: Config) -> Topology:
     """The topology named by the configuration."""
-    return CompetingTopology(config)
+    return SharedQueueTopology(config)
