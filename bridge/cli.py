@@ -14,6 +14,7 @@ from bridge.audit_cli import COMMANDS
 from bridge.config import ENV_PREFIX, Config
 from bridge.errors import ConfigError
 from bridge.logs import describe, setup_logging
+from bridge.runner import run_bridge
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
 
@@ -63,8 +64,6 @@ def main() -> None:
 @config_options
 def run(**flags: Any) -> None:
     """Drain Celery's events from RabbitMQ into Kafka until SIGTERM/SIGINT."""
-    from bridge.runner import run_bridge
-
     config = load_config(flags)
     setup_logging(config.log_level)
     try:

@@ -87,36 +87,37 @@ def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
     """Every event of the message as a record, every bad part as a dead letter."""
     body = envelope.body
     if len(body) > max_bytes:
-        return [
-            _dead(
-                envelope,
-                Reason.OVERSIZED,
-                f"{len(body)} bytes > {max_bytes}",
-                body[:max_bytes],
-                extra=[("truncated", b"true"), ("original_size", str(len(body)).encode())],
-            )
-        ]
+        size = str(len(body)).encode()
+        truncated = [("truncated", b"true"), ("original_size", size)]
+        detail = f"{len(body)} bytes > {max_bytes}"
+        return [_dead(envelope, Reason.OVERSIZED, detail, body[:max_bytes], truncated)]
+    parsed = _parse(envelope)
+    if isinstance(parsed, DeadLetter):
+        return [parsed]
+    payload, raw = parsed
+    if isinstance(payload, dict):
+        return [_judge(envelope, payload, raw, index=None)]
+    if isinstance(payload, list) and payload:
+        return [_judge(envelope, item, None, index=i) for i, item in enumerate(payload)]
+    if isinstance(payload, list):
+        return [_dead(envelope, Reason.EMPTY_LIST, "list holds no events", body)]
+    kind = type(payload).__name__
+    return [_dead(envelope, Reason.NOT_AN_OBJECT, f"body is a {kind}", body)]
+
+
+def _parse(envelope: Envelope) -> tuple[Any, bytes | None] | DeadLetter:
+    """The decoded body, and the raw bytes when they are JSON that can be passed through."""
+    body = envelope.body
     content_type = (envelope.content_type or "").partition(";")[0].strip().lower()
     try:
         if content_type == JSON_CONTENT_TYPE:
-            payload = orjson.loads(body)
-        elif content_type in MSGPACK_CONTENT_TYPES:
-            payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
-        else:
-            detail = f"content type {content_type or 'missing'!r} is not json or msgpack"
-            return [_dead(envelope, Reason.UNSUPPORTED_CONTENT_TYPE, detail, body)]
+            return orjson.loads(body), body
+        if content_type in MSGPACK_CONTENT_TYPES:
+            return msgpack.unpackb(body, raw=False, strict_map_key=False), None
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        return [_dead(envelope, Reason.UNDECODABLE, str(exc), body)]
-
-    if isinstance(payload, dict):
-        raw = body if content_type == JSON_CONTENT_TYPE else None
-        return [_judge(envelope, payload, raw, index=None)]
-    if isinstance(payload, list):
-        if not payload:
-            return [_dead(envelope, Reason.EMPTY_LIST, "list holds no events", body)]
-        return [_judge(envelope, item, None, index=i) for i, item in enumerate(payload)]
-    kind = type(payload).__name__
-    return [_dead(envelope, Reason.NOT_AN_OBJECT, f"body is a {kind}", body)]
+        return _dead(envelope, Reason.UNDECODABLE, str(exc), body)
+    detail = f"content type {content_type or 'missing'!r} is not json or msgpack"
+    return _dead(envelope, Reason.UNSUPPORTED_CONTENT_TYPE, detail, body)
 
 
 def _judge(envelope: Envelope, item: Any, raw: bytes | None, index: int | None) -> Outcome:
@@ -127,7 +128,9 @@ def _judge(envelope: Envelope, item: Any, raw: bytes | None, index: int | None) 
         return _dead(envelope, Reason.NOT_AN_OBJECT, detail, _reencode(item), extra)
     event_type = item.get("type")
     if not isinstance(event_type, str) or not event_type:
-        return _dead(envelope, Reason.MISSING_TYPE, "no string 'type' field", _reencode(item), extra)
+        return _dead(
+            envelope, Reason.MISSING_TYPE, "no string 'type' field", _reencode(item), extra
+        )
     try:
         eid = event_id(item)
         value = raw if raw is not None else orjson.dumps(item)

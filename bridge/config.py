@@ -55,10 +55,13 @@ class Config(BaseSettings):
         "per-task order kept) or competing (round-robin; order best effort).",
     )
     queue_type: QueueType = Field(
-        "quorum", description="quorum keeps transient events across a RabbitMQ restart; classic not."
+        "quorum",
+        description="quorum keeps transient events across a RabbitMQ restart; classic not.",
     )
     queue_max_length: int | None = Field(
-        None, ge=1, description="Bound the queue to this many messages (x-max-length); off if unset."
+        None,
+        ge=1,
+        description="Bound the queue to this many messages (x-max-length); off if unset.",
     )
     queue_overflow: Overflow = Field(
         "reject-publish", description="What RabbitMQ does when the length bound is reached."
@@ -66,7 +69,7 @@ class Config(BaseSettings):
     delivery_limit: int | None = Field(
         None,
         ge=1,
-        description="Redeliveries before RabbitMQ drops or dead-letters a message; unset: unlimited.",
+        description="Deliveries before RabbitMQ drops or dead-letters a message; unset: unlimited.",
     )
     dead_letter_exchange: str | None = Field(
         None, description="AMQP exchange for messages past the delivery limit or length bound."
@@ -83,7 +86,9 @@ class Config(BaseSettings):
         True, description="Idempotent Kafka producer (keep on unless the broker cannot do it)."
     )
     kafka_compression: Compression = Field("none", description="Kafka record compression.")
-    kafka_linger_ms: int = Field(5, ge=0, description="How long the producer waits to fill a batch.")
+    kafka_linger_ms: int = Field(
+        5, ge=0, description="How long the producer waits to fill a batch."
+    )
     kafka_batch_bytes: int = Field(
         262_144, ge=1024, description="Largest Kafka record batch per partition, in bytes."
     )
@@ -172,7 +177,9 @@ def secret_files(environ: Mapping[str, str]) -> dict[str, str]:
         try:
             values[name] = Path(path).read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"invalid setting {variable}: cannot read {path}: {exc.strerror}") from exc
+            raise ConfigError(
+                f"invalid setting {variable}: cannot read {path}: {exc.strerror}"
+            ) from exc
     return values
 
 

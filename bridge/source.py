@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from amqp.exceptions import PreconditionFailed
-from kombu import Connection
+from kombu.connection import Connection
 from tenacity import Retrying, retry_if_exception_type
 
 from bridge.acks import AckOp
@@ -100,14 +100,14 @@ class AmqpSource:
                     self._batch = []  # unacked, so RabbitMQ redelivers them
                     self._listener.on_detached(self._generation)
                     _close_quietly(conn)
-        except BaseException as exc:  # noqa: BLE001 - a dead thread must stop the process, not hide
+        except BaseException as exc:
             self._listener.on_fatal(exc)
 
     def _connect(self) -> Any:
         retrying = Retrying(
             retry=retry_if_exception_type(Exception),
             stop=lambda _state: self._closed.is_set(),
-            sleep=self._closed.wait,
+            sleep=self._sleep,
             **backoff_policy(f"amqp connect to {mask_credentials(self._config.amqp_url)}"),
         )
         for attempt in retrying:
@@ -118,6 +118,10 @@ class AmqpSource:
                 conn.connect()
                 return conn
         return None
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off, but wake at once when the source is closed."""
+        self._closed.wait(seconds)
 
     def _session(self, conn: Any) -> None:
         channel = conn.channel()
@@ -138,7 +142,9 @@ class AmqpSource:
             channel.basic_consume(queue, no_ack=False, callback=self._on_message)
             for queue in queues
         ]
-        log.info("amqp consuming %s at %s", ", ".join(queues), mask_credentials(self._config.amqp_url))
+        log.info(
+            "amqp consuming %s at %s", ", ".join(queues), mask_credentials(self._config.amqp_url)
+        )
         consuming = True
         while True:
             if consuming and self._stop_consuming.is_set():
@@ -195,4 +201,3 @@ def _close_quietly(conn: Any) -> None:
         conn.release()
     except (OSError, *conn.connection_errors):
         log.debug("closing the amqp connection failed", exc_info=True)
-

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from bridge.config import Config
 

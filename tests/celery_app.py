@@ -7,7 +7,9 @@ from typing import Any
 
 from celery import Celery
 
-app = Celery("bridge_tests", broker=os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1//"))
+app = Celery(
+    "bridge_tests", broker=os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1//")
+)
 app.conf.update(
     event_exchange=os.environ.get("TEST_EVENT_EXCHANGE", "celeryev"),
     task_default_queue=os.environ.get("TEST_TASK_QUEUE", "celery"),

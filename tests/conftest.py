@@ -73,7 +73,9 @@ def start_bridge(
 
 
 @pytest.fixture
-def worker(names: Names, rabbit: Rabbit, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+def worker(
+    names: Names, rabbit: Rabbit, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start a real Celery worker (prefork, 2 processes) for the test's exchange and queue."""
     started: list[subprocess.Popen[bytes]] = []
 
@@ -84,14 +86,33 @@ def worker(names: Names, rabbit: Rabbit, tmp_path: Path) -> Iterator[Callable[..
             "TEST_EVENT_EXCHANGE": names.exchange,
             "TEST_TASK_QUEUE": names.task_queue,
         }
-        args = [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-P", "prefork",
-                "-c", "2", "-Q", names.task_queue, "-n", hostname or f"w-{names.suffix}@%h",
-                "--without-gossip", "--without-mingle", "-l", "INFO"]
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.celery_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            "2",
+            "-Q",
+            names.task_queue,
+            "-n",
+            hostname or f"w-{names.suffix}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ]
         if events:
             args.append("-E")
         log_path = tmp_path / f"worker-{len(started)}.log"
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
         started.append(process)
         poll(lambda: "ready." in log_path.read_text(errors="replace"), 60, what="worker ready")
         return process

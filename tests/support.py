@@ -17,12 +17,17 @@ from typing import Any
 import amqp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from celery import Celery
+
+from bridge.codec import event_id
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
-def poll(condition: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "") -> Any:
+def poll(
+    condition: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = ""
+) -> Any:
     """Wait until ``condition()`` is truthy and return it; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -261,8 +266,6 @@ def publish_events(exchange: str, count: int, rate: float | None = None, hostnam
 
     Returns how many were sent; ``rate`` (events/s) paces them.
     """
-    from celery import Celery
-
     app = Celery(broker=AMQP_URL, set_as_current=False)
     app.conf.event_exchange = exchange
     hostname = hostname or f"loadgen-{uuid.uuid4().hex[:6]}@test"
@@ -274,8 +277,16 @@ def publish_events(exchange: str, count: int, rate: float | None = None, hostnam
         )
         for i in range(count):
             dispatcher = grouped if i % 2 else single
-            dispatcher.send("task-received", uuid=f"{hostname}-{i}", name="tests.add", args="(1, 2)",
-                            kwargs="{}", retries=0, eta=None, expires=None)
+            dispatcher.send(
+                "task-received",
+                uuid=f"{hostname}-{i}",
+                name="tests.add",
+                args="(1, 2)",
+                kwargs="{}",
+                retries=0,
+                eta=None,
+                expires=None,
+            )
             if rate and i % 100 == 99:
                 ahead = (i + 1) / rate - (time.monotonic() - started)
                 if ahead > 0:
@@ -297,6 +308,4 @@ def event_ids(records: Iterable[KafkaRecord]) -> set[str]:
 
 def sent_event_ids(messages: Iterable[amqp.Message]) -> set[str]:
     """Ids of the events the witness saw (what a correct bridge must deliver)."""
-    from bridge.codec import event_id
-
     return {event_id(e) for e in events_of(messages)}

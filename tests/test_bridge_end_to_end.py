@@ -15,8 +15,14 @@ from tests.conftest import BridgeFactory
 from tests.support import AMQP_URL, KafkaRecord, Names, Rabbit, events_of, poll, read_topic
 
 TASK_EVENTS = {
-    "task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
-    "task-retried", "task-revoked", "task-progress",
+    "task-sent",
+    "task-received",
+    "task-started",
+    "task-succeeded",
+    "task-failed",
+    "task-retried",
+    "task-revoked",
+    "task-progress",
 }
 
 
@@ -58,9 +64,11 @@ def test_every_event_a_worker_sends_reaches_kafka_keyed_and_unchanged(
 
     def all_task_events_seen(records: list[KafkaRecord]) -> bool:
         types = {r.headers["event_type"].decode() for r in records}
-        return TASK_EVENTS <= types
+        return types >= TASK_EVENTS
 
-    records = read_topic(kafka.bootstrap_servers, names.topic, until=all_task_events_seen, timeout=60)
+    records = read_topic(
+        kafka.bootstrap_servers, names.topic, until=all_task_events_seen, timeout=60
+    )
     celery_worker.send_signal(signal.SIGTERM)  # no more events, not even heartbeats
     assert celery_worker.wait(30) == 0
     app.close()

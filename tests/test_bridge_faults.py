@@ -45,8 +45,11 @@ def test_killing_one_of_three_replicas_mid_stream_loses_nothing(
 ) -> None:
     replicas = [start_bridge() for _ in range(3)]
     publisher = in_background(publish_events, names.exchange, 24_000, 6_000.0)
-    poll(lambda: "status" in replicas[0].log() or rabbit.queue_state(witness)[0] > 6_000, 30,
-         what="stream under way")
+    poll(
+        lambda: "status" in replicas[0].log() or rabbit.queue_state(witness)[0] > 6_000,
+        30,
+        what="stream under way",
+    )
     replicas[0].kill()
     publisher.join(60)
     assert_nothing_lost(kafka, names, rabbit, witness)
@@ -76,7 +79,11 @@ def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafk
 
 
 def test_a_frozen_kafka_loses_nothing_and_memory_stays_bounded(
-    names: Names, own_kafka: EmbeddedKafka, rabbit: Rabbit, witness: str, start_bridge: BridgeFactory
+    names: Names,
+    own_kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
 ) -> None:
     bridge = start_bridge(
         BRIDGE_KAFKA_BOOTSTRAP_SERVERS=own_kafka.bootstrap_servers,
@@ -102,8 +109,12 @@ def test_a_frozen_kafka_loses_nothing_and_memory_stays_bounded(
     assert bridge.alive()
     assert peak_rss < 250 * 2**20, f"peak RSS {peak_rss / 2**20:.0f} MiB while Kafka was frozen"
     expected = sent_event_ids(rabbit.drain(witness))
-    records = read_topic(own_kafka.bootstrap_servers, names.topic,
-                         until=lambda rs: expected <= event_ids(rs), timeout=120)
+    records = read_topic(
+        own_kafka.bootstrap_servers,
+        names.topic,
+        until=lambda rs: expected <= event_ids(rs),
+        timeout=120,
+    )
     assert not expected - event_ids(records)
     assert "kafka send failed" in bridge.log(), "the freeze never reached the retry path"
 
@@ -129,8 +140,12 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_good_ones_through(
         for body, content_type, _reason in BAD_MESSAGES:
             rabbit.publish(names.exchange, "task.bad", body, content_type)
     expected_dead = rounds * len(BAD_MESSAGES)
-    dead = read_topic(kafka.bootstrap_servers, names.dlq_topic,
-                      until=lambda rs: len(rs) >= expected_dead, timeout=60)
+    dead = read_topic(
+        kafka.bootstrap_servers,
+        names.dlq_topic,
+        until=lambda rs: len(rs) >= expected_dead,
+        timeout=60,
+    )
     reasons = [r.headers["reason"].decode() for r in dead]
     assert sorted(reasons) == sorted([reason.value for *_, reason in BAD_MESSAGES] * rounds)
     pickled = next(r for r in dead if r.headers["reason"] == b"unsupported_content_type")
@@ -139,8 +154,9 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_good_ones_through(
     good = sent_event_ids(
         m for m in rabbit.drain(witness) if m.delivery_info["routing_key"] != "task.bad"
     )
-    records = read_topic(kafka.bootstrap_servers, names.topic,
-                         until=lambda rs: good <= event_ids(rs), timeout=60)
+    records = read_topic(
+        kafka.bootstrap_servers, names.topic, until=lambda rs: good <= event_ids(rs), timeout=60
+    )
     assert good <= event_ids(records)
     assert bridge.alive()
     poll(lambda: rabbit.queue_state(names.queue)[0] == 0, 30, what="bridge queue drained")

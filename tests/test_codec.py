@@ -16,13 +16,23 @@ from bridge.codec import DeadLetter, Envelope, EventRecord, Reason, decode, even
 MAX = 10_000
 
 
-def envelope(body: bytes, content_type: str | None = "application/json", rk: str = "task.x") -> Envelope:
+def envelope(
+    body: bytes, content_type: str | None = "application/json", rk: str = "task.x"
+) -> Envelope:
     return Envelope(body, content_type, "utf-8", rk, 1_700_000_000_123)
 
 
 def task_event(**fields: Any) -> dict[str, Any]:
-    return {"type": "task-started", "uuid": "u-1", "hostname": "w@h", "clock": 3,
-            "timestamp": 1.5, "pid": 10, "utcoffset": 0, **fields}
+    return {
+        "type": "task-started",
+        "uuid": "u-1",
+        "hostname": "w@h",
+        "clock": 3,
+        "timestamp": 1.5,
+        "pid": 10,
+        "utcoffset": 0,
+        **fields,
+    }
 
 
 def test_a_single_json_event_keeps_its_exact_bytes_and_gets_every_header() -> None:
@@ -75,7 +85,11 @@ def test_msgpack_events_are_written_as_json() -> None:
 @pytest.mark.parametrize(
     ("body", "content_type", "reason"),
     [
-        (pickle.dumps(task_event()), "application/x-python-serialize", Reason.UNSUPPORTED_CONTENT_TYPE),
+        (
+            pickle.dumps(task_event()),
+            "application/x-python-serialize",
+            Reason.UNSUPPORTED_CONTENT_TYPE,
+        ),
         (b"type: x", "application/x-yaml", Reason.UNSUPPORTED_CONTENT_TYPE),
         (b'{"type": "x"}', None, Reason.UNSUPPORTED_CONTENT_TYPE),
         (b'{"type": ', "application/json", Reason.UNDECODABLE),
@@ -86,7 +100,11 @@ def test_msgpack_events_are_written_as_json() -> None:
         (b"[]", "application/json", Reason.EMPTY_LIST),
         (b'{"uuid": "u"}', "application/json", Reason.MISSING_TYPE),
         (b'{"type": ""}', "application/json", Reason.MISSING_TYPE),
-        (msgpack.packb({"type": "x", "blob": b"\x00"}), "application/x-msgpack", Reason.UNENCODABLE),
+        (
+            msgpack.packb({"type": "x", "blob": b"\x00"}),
+            "application/x-msgpack",
+            Reason.UNENCODABLE,
+        ),
     ],
 )
 def test_bad_input_is_dead_lettered_with_its_reason(
@@ -134,9 +152,14 @@ def test_key_prefers_uuid_then_hostname_then_none() -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False,
-    allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
     max_leaves=20,
 )
 events = st.dictionaries(st.text(), json_values, max_size=6).map(
@@ -151,8 +174,12 @@ def test_any_list_of_events_round_trips_field_for_field(batch: list[dict[str, An
     assert [dict(o.headers)["event_id"].decode() for o in outcomes] == [event_id(e) for e in batch]
 
 
-@given(st.binary(max_size=300), st.sampled_from(["application/json", "application/x-msgpack",
-                                                  "application/x-python-serialize", None]))
+@given(
+    st.binary(max_size=300),
+    st.sampled_from(
+        ["application/json", "application/x-msgpack", "application/x-python-serialize", None]
+    ),
+)
 def test_any_bytes_decode_to_records_or_dead_letters_and_never_raise(
     body: bytes, content_type: str | None
 ) -> None:
