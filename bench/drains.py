@@ -124,7 +124,7 @@ def receiver(setup: Setup) -> Drain:
 
 def bare_kombu(setup: Setup) -> Drain:
     """(b) A kombu consumer on a queue declared like the bridge's: decode, ack, nothing else."""
-    config = _bridge_config(setup, f"{setup.prefix}-b")
+    config = bridge_config(setup, f"{setup.prefix}-b")
     queue = _declare_bridge_queue(config)
     _replay(setup, config.event_exchange, queue)
     counted = 0
@@ -155,11 +155,11 @@ def bare_kombu(setup: Setup) -> Drain:
 def bridge(setup: Setup, count: int) -> Drain:
     """(c)/(d) The bridge as real processes, at-least-once into Kafka, until all is confirmed."""
     name = f"{setup.prefix}-{'c' if count == 1 else 'd'}"
-    config = _bridge_config(setup, name)
+    config = bridge_config(setup, name)
     queue = _declare_bridge_queue(config)
     _replay(setup, config.event_exchange, queue)
     with replicas(setup, config, count) as procs, RssSampler([p.pid for p in procs]) as rss:
-        started = _consuming_since(procs)
+        started = consuming_since(procs)
         # Tansu's end offsets trail the records it serves, so the records are counted.
         records, finished = asyncio.run(read(setup.kafka, config.topic, setup.events, 600))
         for proc in procs:
@@ -178,7 +178,7 @@ def bridge(setup: Setup, count: int) -> Drain:
                  rss.peak_mb, records)
 
 
-def _bridge_config(setup: Setup, name: str) -> Config:
+def bridge_config(setup: Setup, name: str) -> Config:
     return Config.load(
         amqp_url=setup.amqp_url,
         kafka_bootstrap_servers=setup.kafka,
@@ -233,7 +233,7 @@ def replicas(setup: Setup, config: Config, count: int) -> Iterator[list[BridgePr
             proc.kill()
 
 
-def _consuming_since(procs: list[BridgeProcess]) -> float:
+def consuming_since(procs: list[BridgeProcess]) -> float:
     """When the first replica started consuming (its log says so); waits for all of them."""
     first = 0.0
     pending = list(procs)
