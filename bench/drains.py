@@ -25,7 +25,7 @@ from bench.loadgen import event_app
 from bench.queues import Captured, Rabbit, replay
 from bridge.config import Config
 from bridge.topology import topology_for
-from tests.support import BridgeProcess, poll
+from tests.support import BridgeProcess
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,9 @@ def receiver(setup: Setup) -> Drain:
         _replay(setup, name, recv.queue.name)
         started = time.perf_counter()
         recv.capture(limit=None, timeout=None, wakeup=False)
-    return Drain("a", "Celery Receiver (count only, no_ack)", counted, len(setup.messages),
-                 done_at - started)
+    return Drain(
+        "a", "Celery Receiver (count only, no_ack)", counted, len(setup.messages), done_at - started
+    )
 
 
 def bare_kombu(setup: Setup) -> Drain:
@@ -174,8 +175,9 @@ def bridge(setup: Setup, count: int) -> Drain:
     if left or records < setup.events:
         raise RuntimeError(f"{queue}: {left} messages not acked, {records} records in Kafka")
     label = f"bridge x{count} (at-least-once into Kafka)"
-    return Drain(name[-1], label, setup.events, len(setup.messages), finished - started,
-                 rss.peak_mb, records)
+    return Drain(
+        name[-1], label, setup.events, len(setup.messages), finished - started, rss.peak_mb, records
+    )
 
 
 def bridge_config(setup: Setup, name: str) -> Config:
@@ -193,8 +195,15 @@ def bridge_config(setup: Setup, name: str) -> Config:
 
 def bridge_env(config: Config) -> dict[str, str]:
     """``BRIDGE_*`` variables for a replica running with ``config``."""
-    fields = ("amqp_url", "kafka_bootstrap_servers", "event_exchange", "node_id", "topic",
-              "dlq_topic", "queue_type")
+    fields = (
+        "amqp_url",
+        "kafka_bootstrap_servers",
+        "event_exchange",
+        "node_id",
+        "topic",
+        "dlq_topic",
+        "queue_type",
+    )
     env = {f"BRIDGE_{f.upper()}": str(getattr(config, f)) for f in fields}
     env["BRIDGE_KAFKA_ENABLE_IDEMPOTENCE"] = "false"
     env["BRIDGE_LOG_LEVEL"] = "INFO"

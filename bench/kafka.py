@@ -56,6 +56,7 @@ async def read(
     topic: str,
     expected: int,
     timeout: float,
+    *,
     on_record: Callable[[int, bytes, float], None] | None = None,
     idle: float = 1.0,
 ) -> tuple[int, float]:

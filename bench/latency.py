@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from bench.drains import RssSampler, Setup, bridge_config, consuming_since, replicas
 from bench.kafka import Arrivals, arrivals_recorder, read
+from tests.support import ROOT
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,21 @@ class Latency:
 async def _load(setup: Setup, exchange: str, events: int, rate: float) -> tuple[int, float]:
     """Run the load generator process; the events it sent and how long it took."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.loadgen", "--amqp-url", setup.amqp_url,
-        "--exchange", exchange, "--hostname", exchange, "--events", str(events),
-        "--rate", str(rate), stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--amqp-url",
+        setup.amqp_url,
+        "--exchange",
+        exchange,
+        "--hostname",
+        exchange,
+        "--events",
+        str(events),
+        "--rate",
+        str(rate),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
     )
     out, _ = await proc.communicate()
     if proc.returncode:
@@ -60,11 +73,12 @@ async def _load(setup: Setup, exchange: str, events: int, rate: float) -> tuple[
     return int(sent), float(seconds)
 
 
-async def _measure(setup: Setup, topic: str, exchange: str, events: int, rate: float
-                   ) -> tuple[Arrivals, int, int, float]:
+async def _measure(
+    setup: Setup, topic: str, exchange: str, events: int, rate: float
+) -> tuple[Arrivals, int, int, float]:
     arrivals = Arrivals()
     reader = asyncio.ensure_future(
-        read(setup.kafka, topic, events, events / rate + 120, arrivals_recorder(arrivals))
+        read(setup.kafka, topic, events, events / rate + 120, on_record=arrivals_recorder(arrivals))
     )
     (sent, seconds), (received, _) = await asyncio.gather(
         _load(setup, exchange, events, rate), reader

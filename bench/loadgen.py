@@ -27,7 +27,7 @@ _TRACEBACK = (
     '  File "/app/venv/lib/python3.11/site-packages/celery/app/trace.py", line 453, in trace_task\n'
     "    R = retval = fun(*args, **kwargs)\n"
     '  File "/app/proj/tasks.py", line 42, in sync\n'
-    "    raise ValueError(f\"upstream answered {status}\")\n"
+    '    raise ValueError(f"upstream answered {status}")\n'
     "ValueError: upstream answered 503\n"
 )
 _HEARTBEAT_EVERY = 60
@@ -45,30 +45,39 @@ def task_events(rng: random.Random) -> Iterator[Event]:
     """The events of one task, in order, with the fields a Celery 5 worker sends."""
     task_id = str(uuid.UUID(int=rng.getrandbits(128)))
     name = rng.choice(_TASKS)
-    yield "task-received", {
-        "uuid": task_id,
-        "name": name,
-        "args": f"({rng.randint(0, 10_000)}, {rng.randint(0, 10_000)})",
-        "kwargs": "{'priority': 'normal'}" if rng.random() < 0.3 else "{}",
-        "root_id": task_id,
-        "parent_id": None,
-        "retries": 0,
-        "eta": None,
-        "expires": None,
-    }
+    yield (
+        "task-received",
+        {
+            "uuid": task_id,
+            "name": name,
+            "args": f"({rng.randint(0, 10_000)}, {rng.randint(0, 10_000)})",
+            "kwargs": "{'priority': 'normal'}" if rng.random() < 0.3 else "{}",
+            "root_id": task_id,
+            "parent_id": None,
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+        },
+    )
     yield "task-started", {"uuid": task_id}
     if rng.random() < 0.9:
-        yield "task-succeeded", {
-            "uuid": task_id,
-            "result": repr(rng.randint(0, 20_000)),
-            "runtime": rng.uniform(0.001, 2.5),
-        }
+        yield (
+            "task-succeeded",
+            {
+                "uuid": task_id,
+                "result": repr(rng.randint(0, 20_000)),
+                "runtime": rng.uniform(0.001, 2.5),
+            },
+        )
     else:
-        yield "task-failed", {
-            "uuid": task_id,
-            "exception": "ValueError('upstream answered 503')",
-            "traceback": _TRACEBACK,
-        }
+        yield (
+            "task-failed",
+            {
+                "uuid": task_id,
+                "exception": "ValueError('upstream answered 503')",
+                "traceback": _TRACEBACK,
+            },
+        )
 
 
 def heartbeat(rng: random.Random, processed: int) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from bench.drains import Drain
 from bench.kafka import Arrivals
 from bench.latency import Latency
@@ -132,12 +134,8 @@ class Report:
         return paths
 
     def _chart(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(8, 4.5))
+        fig = Figure(figsize=(8, 4.5))
+        ax = fig.subplots()
         for lat, arrivals in zip(self.latencies, self.arrivals, strict=True):
             samples = sorted(arrivals.to_consumer_ms)
             if samples:
@@ -152,7 +150,6 @@ class Report:
         ax.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
 
 
 def _target(measured: float | None, met: bool) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import datetime
 import os
 import platform
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import click
@@ -50,8 +51,12 @@ def clean_up(amqp_url: str, prefix: str, rates: int) -> None:
 
 
 def throughput(setup: Setup) -> list[Drain]:
-    runs = [drains.receiver, drains.bare_kombu, lambda s: drains.bridge(s, 1),
-            lambda s: drains.bridge(s, 2)]
+    runs: list[Callable[[Setup], Drain]] = [
+        drains.receiver,
+        drains.bare_kombu,
+        partial(drains.bridge, count=1),
+        partial(drains.bridge, count=2),
+    ]
     results = []
     for run in runs:
         result = run(setup)
@@ -61,24 +66,71 @@ def throughput(setup: Setup) -> list[Drain]:
 
 
 @click.command()
-@click.option("--events", type=int, default=200_000, envvar="BENCH_EVENTS", show_default=True,
-              help="Events in the pre-filled queue [env: BENCH_EVENTS].")
-@click.option("--rates", default="500,2000,5000", envvar="BENCH_RATES", show_default=True,
-              help="Comma-separated events/s for the latency runs; empty to skip [env: BENCH_RATES].")
-@click.option("--rate-seconds", type=float, default=10.0, envvar="BENCH_RATE_SECONDS",
-              show_default=True, help="How long each latency rate runs [env: BENCH_RATE_SECONDS].")
-@click.option("--quick", is_flag=True,
-              help=f"{QUICK_EVENTS:,} events, rates {QUICK_RATES}, {QUICK_SECONDS:.0f} s each.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"),
-              show_default=True, help="Where results.json, results.md and latency.png go.")
-@click.option("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//",
-              envvar="BENCH_AMQP_URL", show_default=True)
-@click.option("--kafka", default=None, envvar="BENCH_KAFKA",
-              help="Kafka bootstrap servers; default: start an embedded Tansu broker.")
-@click.option("--queue-type", type=click.Choice(["quorum", "classic"]), default="quorum",
-              show_default=True, help="Type of the bridge queue (and of queue b).")
-def main(events: int, rates: str, rate_seconds: float, quick: bool, out: Path, amqp_url: str,
-         kafka: str | None, queue_type: str) -> None:
+@click.option(
+    "--events",
+    type=int,
+    default=200_000,
+    envvar="BENCH_EVENTS",
+    show_default=True,
+    help="Events in the pre-filled queue [env: BENCH_EVENTS].",
+)
+@click.option(
+    "--rates",
+    default="500,2000,5000",
+    envvar="BENCH_RATES",
+    show_default=True,
+    help="Comma-separated events/s of the latency runs; empty: none [env: BENCH_RATES].",
+)
+@click.option(
+    "--rate-seconds",
+    type=float,
+    default=10.0,
+    envvar="BENCH_RATE_SECONDS",
+    show_default=True,
+    help="How long each latency rate runs [env: BENCH_RATE_SECONDS].",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help=f"{QUICK_EVENTS:,} events, rates {QUICK_RATES}, {QUICK_SECONDS:.0f} s each.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("bench/results"),
+    show_default=True,
+    help="Where results.json, results.md and latency.png go.",
+)
+@click.option(
+    "--amqp-url",
+    default="amqp://guest:guest@127.0.0.1:5672//",
+    envvar="BENCH_AMQP_URL",
+    show_default=True,
+)
+@click.option(
+    "--kafka",
+    default=None,
+    envvar="BENCH_KAFKA",
+    help="Kafka bootstrap servers; default: start an embedded Tansu broker.",
+)
+@click.option(
+    "--queue-type",
+    type=click.Choice(["quorum", "classic"]),
+    default="quorum",
+    show_default=True,
+    help="Type of the bridge queue (and of queue b).",
+)
+def main(
+    *,
+    events: int,
+    rates: str,
+    rate_seconds: float,
+    quick: bool,
+    out: Path,
+    amqp_url: str,
+    kafka: str | None,
+    queue_type: str,
+) -> None:
     """Drain N events four ways, then time events through the bridge at fixed rates."""
     if quick:
         events, rates, rate_seconds = min(events, QUICK_EVENTS), QUICK_RATES, QUICK_SECONDS
@@ -94,8 +146,9 @@ def main(events: int, rates: str, rate_seconds: float, quick: bool, out: Path, a
     finally:
         rabbit.close()
     with kafka_at(kafka, workdir) as bootstrap:
-        setup = Setup(amqp_url, bootstrap, prefix, messages, event_count(messages), workdir,
-                      queue_type)
+        setup = Setup(
+            amqp_url, bootstrap, prefix, messages, event_count(messages), workdir, queue_type
+        )
         try:
             click.echo(f"draining {setup.events:,} events ({len(messages):,} messages)")
             drained = throughput(setup)
@@ -105,7 +158,8 @@ def main(events: int, rates: str, rate_seconds: float, quick: bool, out: Path, a
             clean_up(amqp_url, prefix, len(rate_list))
     meta = {
         "started": started,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
         "events": setup.events,
         "messages": len(messages),
         "queue_type": queue_type,
