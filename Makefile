@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+BENCH_EVENTS ?= 200000
 
 .PHONY: install services test lint demo bench chaos clean
 
@@ -11,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 services:
@@ -26,6 +27,9 @@ lint: install
 
 demo: install services
 	$(BIN)/celery-kafka-bridge demo
+
+bench: install services
+	BENCH_EVENTS=$(BENCH_EVENTS) $(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,113 @@
+"""Latency at fixed rates: events from Celery's dispatcher, through the bridge, to a consumer.
+
+Per rate, a fresh bridge replica (own exchange, queue and topic) runs while a separate load
+generator process publishes at that rate, and a Kafka consumer in this process times each
+event's arrival against the ``timestamp`` the dispatcher put in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from dataclasses import dataclass
+
+from bench.drains import RssSampler, Setup, bridge_config, consuming_since, replicas
+from bench.kafka import Arrivals, arrivals_recorder, read
+from tests.support import ROOT
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    p50: float
+    p95: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Percentiles:
+        ordered = sorted(samples) or [0.0]
+
+        def at(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+        return cls(at(0.50), at(0.95), at(0.99), round(ordered[-1], 2))
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One rate: what was asked, what was achieved, and the two latency distributions (ms)."""
+
+    rate: float
+    achieved_rate: float
+    sent: int
+    received: int
+    to_send: Percentiles
+    to_consumer: Percentiles
+    peak_rss_mb: float
+
+
+async def _load(setup: Setup, exchange: str, events: int, rate: float) -> tuple[int, float]:
+    """Run the load generator process; the events it sent and how long it took."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--amqp-url",
+        setup.amqp_url,
+        "--exchange",
+        exchange,
+        "--hostname",
+        exchange,
+        "--events",
+        str(events),
+        "--rate",
+        str(rate),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"load generator failed ({proc.returncode})")
+    _, sent, seconds = out.decode().split()
+    return int(sent), float(seconds)
+
+
+async def _measure(
+    setup: Setup, topic: str, exchange: str, events: int, rate: float
+) -> tuple[Arrivals, int, int, float]:
+    arrivals = Arrivals()
+    reader = asyncio.ensure_future(
+        read(setup.kafka, topic, events, events / rate + 120, on_record=arrivals_recorder(arrivals))
+    )
+    (sent, seconds), (received, _) = await asyncio.gather(
+        _load(setup, exchange, events, rate), reader
+    )
+    return arrivals, received, sent, seconds
+
+
+def run_rate(setup: Setup, index: int, rate: float, seconds: float) -> tuple[Latency, Arrivals]:
+    """One bridge replica under ``rate`` events/s for ``seconds``."""
+    config = bridge_config(setup, f"{setup.prefix}-l{index}")
+    events = max(1, int(rate * seconds))
+    with replicas(setup, config, 1) as procs, RssSampler([procs[0].pid]) as rss:
+        consuming_since(procs)
+        arrivals, received, sent, took = asyncio.run(
+            _measure(setup, config.topic, config.event_exchange, events, rate)
+        )
+        procs[0].signal(signal.SIGTERM)
+        procs[0].wait(60)
+    latency = Latency(
+        rate=rate,
+        achieved_rate=round(sent / took, 1) if took else 0.0,
+        sent=sent,
+        received=received,
+        to_send=Percentiles.of(arrivals.to_send_ms),
+        to_consumer=Percentiles.of(arrivals.to_consumer_ms),
+        peak_rss_mb=round(rss.peak_mb, 1),
+    )
+    return latency, arrivals
+
+
+def run_rates(setup: Setup, rates: list[float], seconds: float) -> list[tuple[Latency, Arrivals]]:
+    return [run_rate(setup, index, rate, seconds) for index, rate in enumerate(rates)]

@@ -1,0 +1,128 @@
+"""The RabbitMQ side of the benchmark: capture a generated stream once, replay it into queues.
+
+Every consumer drains a queue holding the same messages: the generated stream is captured
+from a holding queue (bodies, properties and routing keys exactly as Celery published them)
+and published again, unchanged, into each consumer's own queue through its own exchange.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import amqp
+import orjson
+
+from bench.loadgen import Workers, event_app
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    routing_key: str
+    body: bytes
+    properties: dict[str, Any]
+
+
+class Rabbit:
+    """One py-amqp connection for declaring, capturing, replaying and watching queues."""
+
+    def __init__(self, amqp_url: str) -> None:
+        url = urlsplit(amqp_url)
+        self.conn = amqp.Connection(
+            f"{url.hostname or '127.0.0.1'}:{url.port or 5672}",
+            userid=unquote(url.username or "guest"),
+            password=unquote(url.password or "guest"),
+            virtual_host=unquote(url.path[1:] or "/") if url.path not in ("", "/") else "/",
+        )
+        self.conn.connect()
+        self.channel = self.conn.channel()
+        self.channel.auto_decode = False
+
+    def exchange(self, name: str) -> str:
+        """Declare ``name`` as Celery declares its event exchange (topic, durable)."""
+        self.channel.exchange_declare(name, "topic", durable=True, auto_delete=False)
+        return name
+
+    def bind(self, queue: str, exchange: str) -> None:
+        self.channel.queue_bind(queue, self.exchange(exchange), "#")
+
+    def depth(self, queue: str) -> int:
+        """Ready messages of ``queue`` (unacked ones are not counted)."""
+        return int(self.channel.queue_declare(queue, passive=True)[1])
+
+    def capture(self, queue: str, count: int, timeout: float = 120.0) -> list[Captured]:
+        """Take ``count`` messages off ``queue`` (no ack), exactly as they were published."""
+        captured: list[Captured] = []
+
+        def keep(message: amqp.Message) -> None:
+            props = {k: v for k, v in message.properties.items() if v is not None}
+            captured.append(Captured(message.delivery_info["routing_key"], message.body, props))
+
+        self.channel.basic_qos(0, 5000, False)
+        tag = self.channel.basic_consume(queue, no_ack=True, callback=keep)
+        deadline = time.monotonic() + timeout
+        while len(captured) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"captured {len(captured)} of {count} messages from {queue}")
+            try:
+                self.conn.drain_events(timeout=1)
+            except TimeoutError:
+                continue
+        self.channel.basic_cancel(tag)
+        return captured
+
+    def delete(self, queues: list[str], exchanges: list[str]) -> None:
+        for queue in queues:
+            self.channel.queue_delete(queue)
+        for exchange in exchanges:
+            self.channel.exchange_delete(exchange)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def replay(channel: Any, messages: list[Captured], exchange: str, queue: str) -> None:
+    """Publish ``messages`` to ``exchange`` and wait until ``queue`` holds them all.
+
+    ``channel`` is a py-amqp channel (kombu's default channel is one), so an exclusive queue
+    can be filled on the connection that will consume it.
+    """
+    for m in messages:
+        channel.basic_publish(amqp.Message(m.body, **m.properties), exchange, m.routing_key)
+    deadline = time.monotonic() + 120
+    while (depth := channel.queue_declare(queue, passive=True)[1]) < len(messages):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{queue} holds {depth} of {len(messages)}")
+        time.sleep(0.05)
+
+
+def generate(rabbit: Rabbit, amqp_url: str, prefix: str, events: int) -> list[Captured]:
+    """``events`` events sent by Celery's dispatcher, captured as the messages that carry them."""
+    exchange, holding = rabbit.exchange(f"{prefix}-gen"), f"{prefix}-holding"
+    rabbit.channel.queue_declare(holding, durable=False, auto_delete=False)
+    rabbit.bind(holding, exchange)
+    workers = Workers(event_app(amqp_url, exchange), prefix)
+    try:
+        workers.send(events)
+    finally:
+        workers.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        depth = rabbit.depth(holding)
+        time.sleep(0.5)
+        if depth and rabbit.depth(holding) == depth:
+            break
+    messages = rabbit.capture(holding, rabbit.depth(holding))
+    rabbit.delete([holding], [exchange])
+    return messages
+
+
+def event_count(messages: list[Captured]) -> int:
+    """Events carried by ``messages``: a ``task.multi`` body holds a list."""
+    total = 0
+    for m in messages:
+        payload = orjson.loads(m.body)
+        total += len(payload) if isinstance(payload, list) else 1
+    return total

@@ -1,0 +1,160 @@
+"""The benchmark's results as a console table, JSON, Markdown and a latency chart (PNG)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from bench.drains import Drain
+from bench.kafka import Arrivals
+from bench.latency import Latency
+
+TARGET_RATIO = 1.0
+TARGET_P99_MS = 25.0
+TARGET_P99_RATE = 2000.0
+TARGET_RSS_MB = 120.0
+
+NOTES = (
+    "Throughput: every consumer drains its own queue, filled beforehand with the same messages "
+    "(captured once from Celery's event dispatcher, replayed byte for byte with their routing "
+    "keys and properties). The clock runs from the start of consumption until every event was "
+    "counted (a, b) or, for the bridge, until a Kafka reader counted every event in the topic "
+    "(the bridge queue then had no message left; acks are checked after the replicas stop). "
+    "That reader runs during the drain and takes some CPU from it.",
+    "(a) uses Celery's receiver queue with event_queue_ttl=None, event_queue_expires=3600 and "
+    "event_queue_exclusive=False: with Celery's defaults, pre-filled messages would expire after "
+    "5 s and the queue could not be filled from another connection.",
+    "(b) consumes a queue declared exactly like the bridge's (same type and arguments), with "
+    "the bridge's prefetch, and acks each message.",
+    "Latency: 'to send' is the record's CreateTime (set by the bridge's producer when it hands "
+    "the record over, before Kafka acks it) minus the event's timestamp: a lower bound of "
+    "event-to-ack. 'to consumer' is when a Kafka consumer (explicit assignment, 10 ms fetch "
+    "wait) received it minus the event's timestamp: an upper bound. Both include the time the "
+    "dispatcher buffered task events into task.multi lists, as a worker does.",
+    "Peak RSS: resident memory of each bridge process (and children), sampled every 50 ms.",
+    "Measured on a shared 2-core machine with RabbitMQ, Tansu, the load generator and other "
+    "work on it: figures are noisy.",
+)
+
+
+@dataclass
+class Report:
+    meta: dict[str, Any]
+    drains: list[Drain]
+    latencies: list[Latency]
+    arrivals: list[Arrivals] = field(default_factory=list)
+
+    def ratios(self) -> dict[str, float | None]:
+        rate = {d.name: d.events_per_second for d in self.drains}
+
+        def ratio(top: str, bottom: str) -> float | None:
+            if top in rate and rate.get(bottom):
+                return round(rate[top] / rate[bottom], 3)
+            return None
+
+        return {"c/a": ratio("c", "a"), "c/b": ratio("c", "b"), "d/c": ratio("d", "c")}
+
+    def targets(self) -> dict[str, dict[str, Any]]:
+        ratio = self.ratios()["c/a"]
+        at_rate = [lat for lat in self.latencies if lat.rate == TARGET_P99_RATE]
+        p99 = at_rate[0].to_consumer.p99 if at_rate else None
+        rss = [d.peak_rss_mb for d in self.drains if d.peak_rss_mb is not None]
+        rss += [lat.peak_rss_mb for lat in self.latencies]
+        peak = round(max(rss), 1) if rss else None
+        return {
+            "c/a >= 1.0": _target(ratio, ratio is not None and ratio >= TARGET_RATIO),
+            "p99 <= 25 ms at 2,000 events/s (to consumer)": _target(
+                p99, p99 is not None and p99 <= TARGET_P99_MS
+            ),
+            "peak RSS <= 120 MB": _target(peak, peak is not None and peak <= TARGET_RSS_MB),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "meta": self.meta,
+            "throughput": [
+                {**asdict(d), "events_per_second": round(d.events_per_second, 1)}
+                for d in self.drains
+            ],
+            "ratios": self.ratios(),
+            "latency": [asdict(lat) for lat in self.latencies],
+            "targets": self.targets(),
+            "notes": list(NOTES),
+        }
+
+    def markdown(self) -> str:
+        meta = self.meta
+        lines = [
+            f"Run {meta['started']} on {meta['machine']}: {meta['events']:,} events in "
+            f"{meta['messages']:,} messages, bridge queue type {meta['queue_type']}.",
+            "",
+            "| consumer | events/s | seconds | peak RSS (MB) |",
+            "|---|---:|---:|---:|",
+        ]
+        for d in self.drains:
+            rss = f"{d.peak_rss_mb:.1f}" if d.peak_rss_mb is not None else "-"
+            lines.append(
+                f"| ({d.name}) {d.label} | {d.events_per_second:,.0f} | {d.seconds:.2f} | {rss} |"
+            )
+        ratios = ", ".join(f"{k} = {v}" for k, v in self.ratios().items() if v is not None)
+        lines += ["", f"Ratios: {ratios}.", ""]
+        if self.latencies:
+            lines += [
+                "| rate (events/s) | achieved | to send p50/p95/p99/max (ms) "
+                "| to consumer p50/p95/p99/max (ms) | peak RSS (MB) |",
+                "|---:|---:|---|---|---:|",
+            ]
+            lines += [
+                f"| {lat.rate:,.0f} | {lat.achieved_rate:,.0f} | {_pct(lat.to_send)} "
+                f"| {_pct(lat.to_consumer)} | {lat.peak_rss_mb:.1f} |"
+                for lat in self.latencies
+            ]
+            lines.append("")
+        lines += ["| target | measured | met |", "|---|---:|---|"]
+        lines += [
+            f"| {name} | {t['measured']} | {'yes' if t['met'] else 'no'} |"
+            for name, t in self.targets().items()
+        ]
+        lines += ["", *[f"- {note}" for note in NOTES], ""]
+        return "\n".join(lines)
+
+    def write(self, out: Path) -> list[Path]:
+        """``results.json``, ``results.md`` and ``latency.png`` (if there were latency runs)."""
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / "results.json", out / "results.md"]
+        paths[0].write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        paths[1].write_text("# Benchmark results\n\n" + self.markdown())
+        if self.latencies:
+            paths.append(out / "latency.png")
+            self._chart(paths[-1])
+        return paths
+
+    def _chart(self, path: Path) -> None:
+        fig = Figure(figsize=(8, 4.5))
+        ax = fig.subplots()
+        for lat, arrivals in zip(self.latencies, self.arrivals, strict=True):
+            samples = sorted(arrivals.to_consumer_ms)
+            if samples:
+                fractions = [(i + 1) / len(samples) for i in range(len(samples))]
+                ax.plot(samples, fractions, label=f"{lat.rate:,.0f} events/s")
+        ax.axvline(TARGET_P99_MS, color="grey", linestyle="--", label="25 ms")
+        ax.set_xscale("log")
+        ax.set_xlabel("event timestamp to Kafka consumer (ms, log scale)")
+        ax.set_ylabel("fraction of events")
+        ax.set_title("celery-kafka-bridge latency distribution")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+
+
+def _target(measured: float | None, met: bool) -> dict[str, Any]:
+    return {"measured": measured, "met": met}
+
+
+def _pct(p: Any) -> str:
+    return f"{p.p50:.1f} / {p.p95:.1f} / {p.p99:.1f} / {p.max:.1f}"

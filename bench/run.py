@@ -1,0 +1,177 @@
+"""``python -m bench.run``: throughput, latency and memory of the bridge, written to a report.
+
+Needs RabbitMQ; starts an embedded Kafka (Tansu) unless ``--kafka`` names one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import uuid
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import click
+
+from bench import drains
+from bench.drains import Drain, Setup
+from bench.latency import run_rates
+from bench.queues import Rabbit, event_count, generate
+from bench.report import Report
+from bridge.embedded import EmbeddedKafka
+
+QUICK_EVENTS = 20_000
+QUICK_RATES = "500,2000"
+QUICK_SECONDS = 5.0
+
+
+@contextlib.contextmanager
+def kafka_at(bootstrap: str | None, workdir: Path) -> Iterator[str]:
+    """``bootstrap`` if given, else a Tansu broker started for the run."""
+    if bootstrap:
+        yield bootstrap
+        return
+    with EmbeddedKafka(log_path=workdir / "tansu.log") as broker:
+        yield broker.bootstrap_servers
+
+
+def clean_up(amqp_url: str, prefix: str, rates: int) -> None:
+    """Delete the run's queues and exchanges (one of each per consumer and per rate)."""
+    names = [f"{prefix}-{n}" for n in ("a", "b", "c", "d", *(f"l{i}" for i in range(rates)))]
+    rabbit = Rabbit(amqp_url)
+    try:
+        for name in names:
+            rabbit.channel.queue_delete(f"celeryev.{name}")
+            rabbit.channel.exchange_delete(name)
+    finally:
+        rabbit.close()
+
+
+def throughput(setup: Setup) -> list[Drain]:
+    runs: list[Callable[[Setup], Drain]] = [
+        drains.receiver,
+        drains.bare_kombu,
+        partial(drains.bridge, count=1),
+        partial(drains.bridge, count=2),
+    ]
+    results = []
+    for run in runs:
+        result = run(setup)
+        click.echo(f"  ({result.name}) {result.label}: {result.events_per_second:,.0f} events/s")
+        results.append(result)
+    return results
+
+
+@click.command()
+@click.option(
+    "--events",
+    type=int,
+    default=200_000,
+    envvar="BENCH_EVENTS",
+    show_default=True,
+    help="Events in the pre-filled queue [env: BENCH_EVENTS].",
+)
+@click.option(
+    "--rates",
+    default="500,2000,5000",
+    envvar="BENCH_RATES",
+    show_default=True,
+    help="Comma-separated events/s of the latency runs; empty: none [env: BENCH_RATES].",
+)
+@click.option(
+    "--rate-seconds",
+    type=float,
+    default=10.0,
+    envvar="BENCH_RATE_SECONDS",
+    show_default=True,
+    help="How long each latency rate runs [env: BENCH_RATE_SECONDS].",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help=f"{QUICK_EVENTS:,} events, rates {QUICK_RATES}, {QUICK_SECONDS:.0f} s each.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("bench/results"),
+    show_default=True,
+    help="Where results.json, results.md and latency.png go.",
+)
+@click.option(
+    "--amqp-url",
+    default="amqp://guest:guest@127.0.0.1:5672//",
+    envvar="BENCH_AMQP_URL",
+    show_default=True,
+)
+@click.option(
+    "--kafka",
+    default=None,
+    envvar="BENCH_KAFKA",
+    help="Kafka bootstrap servers; default: start an embedded Tansu broker.",
+)
+@click.option(
+    "--queue-type",
+    type=click.Choice(["quorum", "classic"]),
+    default="quorum",
+    show_default=True,
+    help="Type of the bridge queue (and of queue b).",
+)
+def main(
+    *,
+    events: int,
+    rates: str,
+    rate_seconds: float,
+    quick: bool,
+    out: Path,
+    amqp_url: str,
+    kafka: str | None,
+    queue_type: str,
+) -> None:
+    """Drain N events four ways, then time events through the bridge at fixed rates."""
+    if quick:
+        events, rates, rate_seconds = min(events, QUICK_EVENTS), QUICK_RATES, QUICK_SECONDS
+    rate_list = [float(r) for r in rates.split(",") if r.strip()]
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    workdir = out / "logs"
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    rabbit = Rabbit(amqp_url)
+    try:
+        click.echo(f"generating {events:,} events through Celery's dispatcher")
+        messages = generate(rabbit, amqp_url, prefix, events)
+    finally:
+        rabbit.close()
+    with kafka_at(kafka, workdir) as bootstrap:
+        setup = Setup(
+            amqp_url, bootstrap, prefix, messages, event_count(messages), workdir, queue_type
+        )
+        try:
+            click.echo(f"draining {setup.events:,} events ({len(messages):,} messages)")
+            drained = throughput(setup)
+            click.echo(f"latency at {', '.join(f'{r:,.0f}' for r in rate_list) or 'no'} events/s")
+            latencies = run_rates(setup, rate_list, rate_seconds)
+        finally:
+            clean_up(amqp_url, prefix, len(rate_list))
+    meta = {
+        "started": started,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+        "events": setup.events,
+        "messages": len(messages),
+        "queue_type": queue_type,
+        "rates": rate_list,
+        "rate_seconds": rate_seconds,
+        "prefix": prefix,
+    }
+    report = Report(meta, drained, [lat for lat, _ in latencies], [a for _, a in latencies])
+    paths = report.write(out)
+    click.echo("\n" + report.markdown())
+    click.echo("written: " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()

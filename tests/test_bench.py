@@ -1,0 +1,51 @@
+"""`make bench` at a tiny size writes a well-formed report (speed is not asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from bench.run import main
+from bridge.embedded import EmbeddedKafka
+from tests.support import AMQP_URL
+
+
+def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
+    kafka: EmbeddedKafka, tmp_path: Path
+) -> None:
+    args = [
+        "--events",
+        "2000",
+        "--rates",
+        "200",
+        "--rate-seconds",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--amqp-url",
+        AMQP_URL,
+        "--kafka",
+        kafka.bootstrap_servers,
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+    report = json.loads((tmp_path / "results.json").read_text())
+    drains = {d["name"]: d for d in report["throughput"]}
+    assert sorted(drains) == ["a", "b", "c", "d"]
+    assert all(d["events"] == report["meta"]["events"] >= 2000 for d in drains.values())
+    assert all(d["events_per_second"] > 0 for d in drains.values())
+    assert drains["c"]["kafka_records"] >= report["meta"]["events"]
+    assert drains["c"]["peak_rss_mb"] > 0
+    assert set(report["ratios"]) == {"c/a", "c/b", "d/c"}
+    (latency,) = report["latency"]
+    assert latency["rate"] == 200
+    assert latency["received"] >= latency["sent"] == 400
+    assert 0 < latency["to_consumer"]["p50"] <= latency["to_consumer"]["max"]
+    assert len(report["targets"]) == 3
+
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| (c) bridge x1" in markdown and "Ratios: c/a = " in markdown
+    assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
