@@ -12,6 +12,7 @@ import click
 
 from bridge.audit_cli import COMMANDS
 from bridge.config import ENV_PREFIX, Config
+from bridge.demo import run_demo
 from bridge.errors import ConfigError
 from bridge.logs import describe, setup_logging
 from bridge.runner import run_bridge
@@ -74,6 +75,13 @@ def run(**flags: Any) -> None:
     except Exception as exc:
         click.echo(f"celery-kafka-bridge: stopped by {describe(exc)}", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option("--seconds", default=30.0, show_default=True, help="How long the demo runs.")
+def demo(seconds: float) -> None:
+    """Two replicas, a real worker (-E) and a task stream; watch records land in Kafka."""
+    run_demo(load_config({}), seconds)
 
 
 for _command in COMMANDS:

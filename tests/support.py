@@ -144,6 +144,16 @@ class Rabbit:
         _, messages, consumers = self.channel.queue_declare(queue, passive=True)
         return messages, consumers
 
+    def queue_exists(self, queue: str) -> bool:
+        """Whether the queue exists (a failed passive declare costs a channel, so use a new one)."""
+        channel = self.conn.channel()
+        try:
+            channel.queue_declare(queue, passive=True)
+        except amqp.exceptions.NotFound:
+            return False
+        channel.close()
+        return True
+
     def publish(
         self, exchange: str, routing_key: str, body: bytes, content_type: str | None, **props: Any
     ) -> None:
@@ -231,7 +241,7 @@ async def _read_topic(
         partitions = consumer.partitions_for_topic(topic)
         deadline = time.monotonic() + timeout
         while not partitions and time.monotonic() < deadline:
-            await consumer.force_metadata_update()
+            await consumer.topics()  # refreshes metadata
             partitions = consumer.partitions_for_topic(topic)
         assert partitions, f"topic {topic} does not exist"
         assignment = [TopicPartition(topic, p) for p in sorted(partitions)]

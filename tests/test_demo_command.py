@@ -1,0 +1,52 @@
+"""`celery-kafka-bridge demo` (what `make demo` runs) shows real records and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.support import ROOT, Rabbit
+
+
+def test_the_demo_shows_keyed_records_of_a_real_worker_and_stops_every_process_cleanly() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "demo", "--seconds", "12"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "started an embedded Tansu broker" in out
+    for kind in ("task-sent", "task-received", "task-started", "task-succeeded"):
+        assert f" {kind} " in out, f"no {kind} record shown"
+    assert "key=" in out
+    for process in ("producer", "worker", "bridge-1", "bridge-2"):
+        assert f"{process} stopped (exit code 0)" in out
+    rabbit = Rabbit()
+    try:
+        assert not rabbit.queue_exists("celeryev.kafka-bridge-demo"), "the demo left its queue"
+    finally:
+        rabbit.close()
+
+
+def test_the_demo_says_in_one_line_when_rabbitmq_is_unreachable() -> None:
+    env = {**os.environ, "BRIDGE_AMQP_URL": "amqp://guest:secret@127.0.0.1:1//"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "demo", "--seconds", "1"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "RabbitMQ is not reachable" in line and "rabbitmq-server -detached" in line
+    assert "secret" not in line
