@@ -1,0 +1,104 @@
+"""Settings: every BRIDGE_* variable, flags beat variables, secrets from files, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.config import Config
+from bridge.errors import ConfigError
+from bridge.topology import queue_arguments
+from tests.support import ROOT
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    config = Config.load()
+    assert config.amqp_url == "amqp://guest:guest@localhost:5672//"
+    assert config.bootstrap_servers == ["localhost:9092"]
+    assert (config.topic, config.dlq_topic) == ("celery.events", "celery.events.dlq")
+    assert config.queue_name == "celeryev.kafka-bridge"
+    assert (config.topology, config.queue_type, config.kafka_enable_idempotence) == (
+        "ordered",
+        "quorum",
+        True,
+    )
+
+
+def test_environment_variables_are_read_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_PREFETCH", "50")
+    monkeypatch.setenv("BRIDGE_KAFKA_ENABLE_IDEMPOTENCE", "false")
+    assert Config.load().prefetch == 50
+    assert Config.load().kafka_enable_idempotence is False
+    assert Config.load(prefetch="7").prefetch == 7
+
+
+def test_a_secret_is_read_from_its_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    secret = tmp_path / "amqp-url"
+    secret.write_text("amqp://u:p@rabbit:5672//\n")
+    monkeypatch.setenv("BRIDGE_AMQP_URL_FILE", str(secret))
+    assert Config.load().amqp_url == "amqp://u:p@rabbit:5672//"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BRIDGE_PREFETCH": "0"}, "BRIDGE_PREFETCH"),
+        ({"BRIDGE_QUEUE_TYPE": "stream"}, "BRIDGE_QUEUE_TYPE"),
+        ({"BRIDGE_AMQP_URL": "http://x"}, "BRIDGE_AMQP_URL"),
+        ({"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": "kafka"}, "BRIDGE_KAFKA_BOOTSTRAP_SERVERS"),
+        ({"BRIDGE_QUEUE_TYPE": "classic", "BRIDGE_DELIVERY_LIMIT": "5"}, "delivery_limit"),
+        ({"BRIDGE_AMQP_URL_FILE": "/nonexistent"}, "BRIDGE_AMQP_URL_FILE"),
+        ({"BRIDGE_NO_SUCH_FILE": "/x"}, "BRIDGE_NO_SUCH_FILE"),
+    ],
+)
+def test_a_bad_setting_fails_with_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message) as caught:
+        Config.load()
+    assert "\n" not in str(caught.value)
+
+
+def test_the_cli_exits_2_with_one_line_naming_the_setting() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "run", "--prefetch", "-3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "BRIDGE_PREFETCH" in line
+
+
+def test_every_setting_has_a_documented_flag() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "run", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for name in Config.model_fields:
+        assert f"--{name.replace('_', '-')}" in result.stdout
+        assert f"BRIDGE_{name.upper()}" in result.stdout.replace("\n", "").replace(" ", "")
+
+
+def test_quorum_queues_get_an_explicit_unlimited_delivery_limit_only_where_it_means_that() -> None:
+    config = Config.load()
+    assert "x-delivery-limit" not in queue_arguments(config, "3.10.8")  # -1 drops there
+    assert queue_arguments(config, "4.0.5")["x-delivery-limit"] == -1
+    limited = Config.load(delivery_limit=5, dead_letter_exchange="dlx")
+    assert queue_arguments(limited, "3.10.8")["x-delivery-limit"] == 5
+    assert queue_arguments(limited, "3.10.8")["x-dead-letter-exchange"] == "dlx"
+    assert "x-max-length" not in queue_arguments(config, "3.10.8")
+    bounded = Config.load(queue_max_length=100)
+    assert queue_arguments(bounded, "3.10.8")["x-overflow"] == "reject-publish"
