@@ -156,7 +156,8 @@ def bare_kombu(setup: Setup) -> Drain:
 def bridge(setup: Setup, count: int) -> Drain:
     """(c)/(d) The bridge as real processes, at-least-once into Kafka, until all is confirmed."""
     name = f"{setup.prefix}-{'c' if count == 1 else 'd'}"
-    config = bridge_config(setup, name)
+    # One replica: the default (ordered) topology; several: competing, the one that shares work.
+    config = bridge_config(setup, name, "ordered" if count == 1 else "competing")
     queue = _declare_bridge_queue(config)
     _replay(setup, config.event_exchange, queue)
     with replicas(setup, config, count) as procs, RssSampler([p.pid for p in procs]) as rss:
@@ -174,14 +175,16 @@ def bridge(setup: Setup, count: int) -> Drain:
         rabbit.close()
     if left or records < setup.events:
         raise RuntimeError(f"{queue}: {left} messages not acked, {records} records in Kafka")
-    label = f"bridge x{count} (at-least-once into Kafka)"
+    label = f"bridge x{count}, {config.topology} (at-least-once into Kafka)"
     return Drain(
         name[-1], label, setup.events, len(setup.messages), finished - started, rss.peak_mb, records
     )
 
 
-def bridge_config(setup: Setup, name: str) -> Config:
+def bridge_config(setup: Setup, name: str, topology: str = "ordered") -> Config:
     return Config.load(
+        topology=topology,
+        http_port=0,
         amqp_url=setup.amqp_url,
         kafka_bootstrap_servers=setup.kafka,
         kafka_enable_idempotence=False,  # Tansu cannot do InitProducerId
@@ -203,6 +206,8 @@ def bridge_env(config: Config) -> dict[str, str]:
         "topic",
         "dlq_topic",
         "queue_type",
+        "topology",
+        "http_port",
     )
     env = {f"BRIDGE_{f.upper()}": str(getattr(config, f)) for f in fields}
     env["BRIDGE_KAFKA_ENABLE_IDEMPOTENCE"] = "false"

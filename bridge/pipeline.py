@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from bridge.acks import AckOp, AckTracker
 from bridge.codec import DeadLetter, Outcome, decode
+from bridge.logs import describe
 from bridge.sink import backoff
 from bridge.source import Delivery
 
@@ -63,6 +64,7 @@ class Pipeline:
         self._closing = False
         self._ack_scheduled = False
         self._retries: set[asyncio.Task[None]] = set()
+        self._kafka_failing = False
 
     @property
     def in_flight(self) -> int:
@@ -128,11 +130,16 @@ class Pipeline:
         exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
         if exc is not None:
             self._retry(pending, outcome, exc)
-        else:
-            self._confirmed(pending, outcome)
+            return
+        if self._kafka_failing:
+            self._kafka_failing = False
+            log.info("kafka sends succeed again")
+        self._confirmed(pending, outcome)
 
     def _retry(self, pending: _Pending, outcome: Outcome, exc: BaseException) -> None:
-        log.warning("kafka send failed (%s); retrying", type(exc).__name__)
+        if not self._kafka_failing:  # one line per state change, not one per record
+            self._kafka_failing = True
+            log.warning("kafka send failed (%s); retrying with backoff", describe(exc))
         self.stats.retried_sends += 1
         task = asyncio.get_running_loop().create_task(self._resend(pending, outcome))
         self._retries.add(task)

@@ -146,6 +146,7 @@ class AmqpSource:
             "amqp consuming %s at %s", ", ".join(queues), mask_credentials(self._config.amqp_url)
         )
         consuming = True
+        next_heartbeat_check = 0.0
         while True:
             if consuming and self._stop_consuming.is_set():
                 for tag in tags:
@@ -155,7 +156,10 @@ class AmqpSource:
             self._apply_acks(channel)
             if self._closed.is_set():
                 return
-            conn.heartbeat_check()
+            now = time.monotonic()
+            if now >= next_heartbeat_check:  # once a second, not once per message
+                conn.heartbeat_check()
+                next_heartbeat_check = now + 1.0
             self._drain_once(conn)
 
     def _drain_once(self, conn: Any) -> None:
