@@ -207,6 +207,7 @@ class KafkaRecord:
     key: bytes | None
     value: bytes
     headers: dict[str, bytes]
+    timestamp_ms: int = 0
 
     def json(self) -> Any:
         return orjson.loads(self.value)
@@ -254,7 +255,15 @@ async def _read_topic(
             batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
             for tp, messages in batches.items():
                 records.extend(
-                    KafkaRecord(tp.topic, tp.partition, m.offset, m.key, m.value, dict(m.headers))
+                    KafkaRecord(
+                        tp.topic,
+                        tp.partition,
+                        m.offset,
+                        m.key,
+                        m.value,
+                        dict(m.headers),
+                        m.timestamp,
+                    )
                     for m in messages
                 )
             if batches:

@@ -1,0 +1,147 @@
+"""Per-task order across replicas: `ordered` keeps it through a failover, `competing` does not."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery.events.state import State
+
+from bridge.codec import event_id
+from bridge.embedded import EmbeddedKafka
+from bridge.ordering import count_inversions
+from tests.conftest import BridgeFactory
+from tests.support import (
+    AMQP_URL,
+    KafkaRecord,
+    Names,
+    Rabbit,
+    event_ids,
+    events_of,
+    poll,
+    read_topic,
+)
+
+TASKS = 1500
+
+
+def send_tasks(names: Names, count: int, per_second: float) -> list[str]:
+    """Short tasks from a real client, paced: plain, retrying and custom-event ones."""
+    app = Celery(broker=AMQP_URL, set_as_current=False)
+    app.conf.update(event_exchange=names.exchange, task_default_queue=names.task_queue)
+    ids = []
+    started = time.monotonic()
+    for i in range(count):
+        ahead = i / per_second - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)  # pacing the load, not synchronisation
+        if i % 10 == 0:
+            result = app.send_task("tests.celery_app.flaky")
+        elif i % 10 == 1:
+            result = app.send_task("tests.celery_app.report", (i,))
+        else:
+            result = app.send_task("tests.celery_app.add", (i, i))
+        ids.append(result.id)
+    app.close()
+    return ids
+
+
+def final_states(events: list[dict[str, Any]]) -> dict[str, str]:
+    state = State()
+    for event in events:
+        state.event({**event, "local_received": event["timestamp"]})
+    return {uuid: task.state for uuid, task in state.tasks.items()}
+
+
+def in_topic_order(records: list[KafkaRecord]) -> list[dict[str, Any]]:
+    ordered = sorted(records, key=lambda r: (r.partition, r.offset))
+    return [r.json() for r in ordered]
+
+
+def run_scenario(
+    names: Names,
+    kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+    worker: Callable[..., Any],
+    topology: str,
+) -> tuple[list[KafkaRecord], list[dict[str, Any]], float]:
+    """Three replicas, a real worker, TASKS tasks; the first (active) replica is SIGKILLed.
+
+    Returns the topic's records, the events the witness saw, and when the kill happened.
+    """
+    replicas = [start_bridge(BRIDGE_TOPOLOGY=topology) for _ in range(3)]
+    worker()
+    sender = threading.Thread(target=send_tasks, args=(names, TASKS, 250.0), daemon=True)
+    sender.start()
+    poll(lambda: rabbit.queue_state(witness)[0] > 300, 60, what="events under way")
+    killed_at = time.time()
+    replicas[0].kill()  # the first to attach: the active one under single-active-consumer
+    sender.join(60)
+    witnessed: list[dict[str, Any]] = []
+    succeeded: set[str] = set()
+
+    def tasks_succeeded(at_least: int) -> bool:
+        new = events_of(rabbit.drain(witness, idle=0.2))
+        witnessed.extend(new)
+        succeeded.update(e["uuid"] for e in new if e["type"] == "task-succeeded")
+        return len(succeeded) >= at_least
+
+    poll(lambda: tasks_succeeded(TASKS), 120, interval=0.3, what="every task done")
+    expected = {event_id(e) for e in witnessed}
+    records = read_topic(
+        kafka.bootstrap_servers,
+        names.topic,
+        until=lambda rs: expected <= event_ids(rs),
+        timeout=120,
+    )
+    assert all(r.alive() for r in replicas[1:])
+    assert not expected - event_ids(records), "events lost"
+    return records, witnessed, killed_at
+
+
+def test_ordered_replicas_keep_every_task_in_order_through_a_failover(
+    names: Names,
+    kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+    worker: Callable[..., Any],
+) -> None:
+    records, witness_events, killed_at = run_scenario(
+        names, kafka, rabbit, witness, start_bridge, worker, "ordered"
+    )
+    topic_events = in_topic_order(records)
+    report = count_inversions(topic_events)
+    print(f"\nordered: {report.inversions} of {report.records} task records out of order")
+    assert report.records >= 3 * TASKS
+    assert report.inversions == 0
+    assert final_states(topic_events) == final_states(witness_events)
+    stamps = sorted(r.timestamp_ms / 1000 for r in records if r.timestamp_ms / 1000 > killed_at)
+    assert len(stamps) > TASKS, "the kill came after the stream"
+    failover = max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
+    print(
+        f"ordered: failover (longest pause in writes after the kill) {failover:.2f} s, "
+        f"{len(stamps)} records written after it"
+    )
+
+
+def test_competing_replicas_lose_nothing_and_their_inversion_rate_is_reported(
+    names: Names,
+    kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+    worker: Callable[..., Any],
+) -> None:
+    records, _, _ = run_scenario(names, kafka, rabbit, witness, start_bridge, worker, "competing")
+    report = count_inversions(in_topic_order(records))
+    print(
+        f"\ncompeting: {report.inversions} of {report.records} task records out of order "
+        f"({report.rate:.1%})"
+    )
