@@ -66,7 +66,7 @@ def run(**flags: Any) -> None:
     from bridge.runner import run_bridge
 
     config = load_config(flags)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     try:
         asyncio.run(run_bridge(config))
     except ConfigError as exc:

@@ -18,6 +18,8 @@ import amqp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bridge.embedded import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -77,6 +79,7 @@ def bridge_env(names: Names, bootstrap: str, **overrides: str) -> dict[str, str]
         "BRIDGE_DLQ_TOPIC": names.dlq_topic,
         "BRIDGE_TOPIC_PARTITIONS": "4",
         "BRIDGE_LOG_LEVEL": "INFO",
+        "BRIDGE_HTTP_PORT": str(free_port()),  # replicas side by side never collide
     }
     env.update(overrides)
     return env
