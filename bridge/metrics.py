@@ -58,7 +58,7 @@ class Metrics:
         )
         self._latency = Histogram(
             "publish_latency_seconds",
-            "From AMQP receipt to Kafka acknowledgement, per record.",
+            "From AMQP receipt to Kafka acknowledgement, per event.",
             buckets=_LATENCY_BUCKETS,
             **metric,
         )
@@ -84,14 +84,15 @@ class Metrics:
             **metric,
         )
         self.ready = Gauge("ready", "1 while /readyz reports ready.", **metric)
-        self.task_events_silent = Gauge(
-            "task_events_silent",
-            "1 while workers send heartbeats and do work but no task events arrive.",
+        self.silent_workers = Gauge(
+            "silent_workers",
+            "Workers whose heartbeats show work while they send no task events (no -E).",
             **metric,
         )
         self.last_seen: dict[str, float] = {}
         """Wall-clock time of the last event per worker hostname."""
-        self.last_task_event_at = 0.0
+        self.last_task_event: dict[str, float] = {}
+        """Wall-clock time of the last task-* event per worker hostname."""
         self.heartbeats: dict[str, bytes] = {}
         """The latest worker-online/heartbeat body per hostname, parsed only by the watchdog."""
         self.registry.register(_LastSeenCollector(self.last_seen))
@@ -115,8 +116,8 @@ class Metrics:
             self.last_seen[hostname] = received_at
             if record.event_type in _HEARTBEATS:
                 self.heartbeats[hostname] = record.value
-        if record.event_type.startswith(_TASK_EVENT_PREFIX):
-            self.last_task_event_at = received_at
+            elif record.event_type.startswith(_TASK_EVENT_PREFIX):
+                self.last_task_event[hostname] = received_at
 
     def published(self, record: EventRecord, received_at: float) -> None:
         now = time.time()
@@ -140,6 +141,7 @@ class Metrics:
             if now - seen > WORKER_TTL_SECONDS:
                 del self.last_seen[hostname]
                 self.heartbeats.pop(hostname, None)
+                self.last_task_event.pop(hostname, None)
 
 
 def _child(metric: Any, cache: dict[str, Any], label: str) -> Any:

@@ -1,8 +1,8 @@
-"""Knowing when Celery is silent: workers alive and working, yet no task events arrive.
+"""Knowing when Celery is silent: workers alive and working, yet sending no task events.
 
 Workers started without ``-E`` (or ``worker_send_task_events``) still send worker-* events, and
-their heartbeats count the tasks they processed; so heartbeats showing work with no task event
-for a while mean the task events are switched off, not that the cluster is idle.
+their heartbeats count the tasks they processed. A worker whose heartbeats show work but which
+sent no task event for a while has its task events switched off; an idle worker is not flagged.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 import orjson
 from celery import Celery
@@ -25,16 +26,22 @@ log = logging.getLogger(__name__)
 MAX_CHECK_INTERVAL = 5.0
 
 
+@dataclass
+class _Worker:
+    processed: int
+    """The worker's processed count when it last sent a task event (or was first seen)."""
+    quiet_since: float
+    last_task_event: float = 0.0
+
+
 class Watchdog:
-    """Raises the silent-Celery warning and metric; optionally wakes the workers at start."""
+    """Warns about, and counts, workers without task events; optionally wakes them at start."""
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self._config = config
         self._metrics = metrics
-        self._quiet_since = time.time()
-        self._last_task_event_at = 0.0
-        self._baseline: dict[str, int] = {}
-        self.silent = False
+        self._workers: dict[str, _Worker] = {}
+        self.silent: set[str] = set()
 
     async def run(self, attached: asyncio.Event) -> None:
         """Forever: check for silence; once the bridge queue exists, wake workers if asked."""
@@ -50,45 +57,42 @@ class Watchdog:
             self._metrics.forget_workers(now)
 
     def check(self, now: float) -> None:
-        """Update the silent state from what the pipeline recorded; log each change once."""
+        """Update the silent workers from what the pipeline recorded; log each change once."""
         beats = self._beats()
-        for host, (processed, _) in beats.items():
-            self._baseline.setdefault(host, processed)
-        hosts = self._silent_hosts(beats, now)
-        if bool(hosts) == self.silent:
-            return
-        self.silent = bool(hosts)
-        self._metrics.task_events_silent.set(int(self.silent))
-        if self.silent:
+        for gone in self._workers.keys() - beats.keys():
+            del self._workers[gone]
+        silent = {host for host, beat in beats.items() if self._is_silent(host, beat, now)}
+        for host in sorted(silent - self.silent):
             log.warning(
-                "workers %s send heartbeats and process tasks, but no task event arrived for "
-                "%.0fs: they were likely started without -E (worker_send_task_events off); "
-                "restart them with -E, run `celery control enable_events`, or set "
+                "worker %s sends heartbeats and processes tasks, but sent no task event for "
+                "%.0fs: it was likely started without -E (worker_send_task_events off); "
+                "restart it with -E, run `celery control enable_events`, or set "
                 "BRIDGE_ENABLE_EVENTS_ON_START=true",
-                ", ".join(hosts),
-                now - self._quiet_since,
-                extra={"state": "task_events_silent"},
+                host,
+                now - self._workers[host].quiet_since,
+                extra={"state": "task_events_silent", "hostname": host},
             )
-        else:
-            log.info("task events are arriving again", extra={"state": "task_events_arriving"})
+        for host in sorted(self.silent - silent):
+            log.info(
+                "worker %s sends task events again or went quiet",
+                host,
+                extra={"state": "task_events_arriving", "hostname": host},
+            )
+        self.silent = silent
+        self._metrics.silent_workers.set(len(silent))
 
-    def _silent_hosts(self, beats: dict[str, tuple[int, int]], now: float) -> list[str]:
-        """Workers heard from lately whose heartbeats show work, while no task event came."""
-        last_task_event_at = self._metrics.last_task_event_at
-        if last_task_event_at > self._last_task_event_at:
-            self._last_task_event_at = self._quiet_since = last_task_event_at
-            self._baseline = {host: processed for host, (processed, _) in beats.items()}
-            return []
+    def _is_silent(self, host: str, beat: tuple[int, int], now: float) -> bool:
+        processed, active = beat
+        worker = self._workers.setdefault(host, _Worker(processed, now))
+        last_task_event = self._metrics.last_task_event.get(host, 0.0)
+        if last_task_event > worker.last_task_event:
+            worker.last_task_event = worker.quiet_since = last_task_event
+            worker.processed = processed
+            return False
         window = self._config.silent_task_events_seconds
-        if now - self._quiet_since < window:
-            return []
-        seen = self._metrics.last_seen
-        return sorted(
-            host
-            for host, (processed, active) in beats.items()
-            if now - seen.get(host, 0.0) < window
-            and (processed > self._baseline[host] or active > 0)
-        )
+        heard_lately = now - self._metrics.last_seen.get(host, 0.0) < window
+        worked = processed > worker.processed or active > 0
+        return now - worker.quiet_since >= window and heard_lately and worked
 
     def _beats(self) -> dict[str, tuple[int, int]]:
         """(processed, active) from each worker's latest heartbeat."""

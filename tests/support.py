@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any
 import amqp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.embedded import free_port
 
@@ -127,6 +130,28 @@ class BridgeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def http(self, path: str) -> tuple[int, str]:
+        """GET a path of the replica's HTTP server: (status, body); (0, "") if it is not up."""
+        url = f"http://127.0.0.1:{self.env['BRIDGE_HTTP_PORT']}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of a metric (with these labels) in /metrics; 0 if none."""
+        status, text = self.http("/metrics")
+        assert status == 200, status
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
 
 class Rabbit:
