@@ -93,8 +93,9 @@ class Metrics:
         """Wall-clock time of the last event per worker hostname."""
         self.last_task_event: dict[str, float] = {}
         """Wall-clock time of the last task-* event per worker hostname."""
-        self.heartbeats: dict[str, bytes] = {}
-        """The latest worker-online/heartbeat body per hostname, parsed only by the watchdog."""
+        self.heartbeats: dict[str, tuple[float, bytes]] = {}
+        """The latest worker-online/heartbeat per hostname (received at, body), parsed only by
+        the watchdog."""
         self.registry.register(_LastSeenCollector(self.last_seen))
         self._consumed_by_type: dict[str, Any] = {}
         self._published_by_type: dict[str, Any] = {}
@@ -115,7 +116,7 @@ class Metrics:
         if hostname is not None:
             self.last_seen[hostname] = received_at
             if record.event_type in _HEARTBEATS:
-                self.heartbeats[hostname] = record.value
+                self.heartbeats[hostname] = (received_at, record.value)
             elif record.event_type.startswith(_TASK_EVENT_PREFIX):
                 self.last_task_event[hostname] = received_at
 

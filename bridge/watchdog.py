@@ -1,8 +1,9 @@
 """Knowing when Celery is silent: workers alive and working, yet sending no task events.
 
 Workers started without ``-E`` (or ``worker_send_task_events``) still send worker-* events, and
-their heartbeats count the tasks they processed. A worker whose heartbeats show work but which
-sent no task event for a while has its task events switched off; an idle worker is not flagged.
+their heartbeats count the tasks they processed. A worker whose processed count grew after its
+last task event, with no task event for a while, has its task events switched off; an idle
+worker, or one busy with a long task, is not flagged.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ MAX_CHECK_INTERVAL = 5.0
 @dataclass
 class _Worker:
     processed: int
-    """The worker's processed count when it last sent a task event (or was first seen)."""
+    """The processed count of the first heartbeat after its last task event (or first seen)."""
+    baseline_at: float
+    """When that heartbeat arrived."""
     quiet_since: float
-    last_task_event: float = 0.0
+    last_task_event: float = float("-inf")
 
 
 class Watchdog:
@@ -81,26 +84,29 @@ class Watchdog:
         self.silent = silent
         self._metrics.silent_workers.set(len(silent))
 
-    def _is_silent(self, host: str, beat: tuple[int, int], now: float) -> bool:
-        processed, active = beat
-        worker = self._workers.setdefault(host, _Worker(processed, now))
-        last_task_event = self._metrics.last_task_event.get(host, 0.0)
+    def _is_silent(self, host: str, beat: tuple[float, int], now: float) -> bool:
+        beat_at, processed = beat
+        worker = self._workers.setdefault(host, _Worker(processed, beat_at, now))
+        last_task_event = self._metrics.last_task_event.get(host, float("-inf"))
         if last_task_event > worker.last_task_event:
             worker.last_task_event = worker.quiet_since = last_task_event
-            worker.processed = processed
+        if worker.baseline_at <= worker.last_task_event:
+            # Work counted up to here had task events: compare later heartbeats with this one.
+            worker.processed, worker.baseline_at = processed, beat_at
             return False
         window = self._config.silent_task_events_seconds
-        heard_lately = now - self._metrics.last_seen.get(host, 0.0) < window
-        worked = processed > worker.processed or active > 0
-        return now - worker.quiet_since >= window and heard_lately and worked
+        return (
+            now - worker.quiet_since >= window
+            and now - beat_at < window
+            and processed > worker.processed
+        )
 
-    def _beats(self) -> dict[str, tuple[int, int]]:
-        """(processed, active) from each worker's latest heartbeat."""
+    def _beats(self) -> dict[str, tuple[float, int]]:
+        """(received at, processed count) of each worker's latest heartbeat."""
         beats = {}
-        for host, body in list(self._metrics.heartbeats.items()):
+        for host, (received_at, body) in list(self._metrics.heartbeats.items()):
             try:
-                beat = orjson.loads(body)
-                beats[host] = (int(beat.get("processed", 0)), int(beat.get("active", 0)))
+                beats[host] = (received_at, int(orjson.loads(body).get("processed", 0)))
             except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
                 continue
         return beats

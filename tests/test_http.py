@@ -23,14 +23,15 @@ def test_a_consuming_bridge_is_live_ready_and_serves_its_metrics(
     bridge = start_bridge()
     poll(lambda: ready(bridge), 15, what="/readyz 200")
     assert bridge.http("/livez") == (200, "ok\n")
-    status, body = bridge.http("/readyz")
-    assert json.loads(body) == {"ready": True, "amqp": "attached", "kafka": "ok", "draining": False}
+    assert json.loads(bridge.http("/readyz")[1]) == {
+        "ready": True, "amqp": "attached", "kafka": "ok", "draining": False,
+    }
     assert bridge.metric(f"{PREFIX}_ready") == 1
     assert bridge.metric(f"{PREFIX}_connection_up", side="amqp") == 1
     assert bridge.metric(f"{PREFIX}_connection_up", side="kafka") == 1
     poll(lambda: bridge.metric(f"{PREFIX}_queue_consumers") == 1, 15, what="queue polled")
     assert bridge.http("/nothing")[0] == 404
-    assert '"state": "ready"' in bridge.log() or '"state":"ready"' in bridge.log()
+    assert '"state":"ready"' in bridge.log()
 
 
 def test_readiness_drops_while_kafka_is_frozen_and_returns_on_its_own(

@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
-from bridge.codec import DeadLetter, Envelope, EventRecord, Outcome
+from bridge.codec import Envelope, EventRecord, Outcome
 from bridge.embedded import EmbeddedKafka
 from bridge.metrics import MAX_LABELS, Metrics
 from bridge.pipeline import Pipeline
