@@ -77,7 +77,11 @@ class Health:
         if ready:
             log.info("ready", extra={"state": "ready"})
         else:
-            reasons = [f"{k} {v}" for k, v in checks.items() if v not in ("ok", "attached", False)]
+            reasons = [
+                name if value is True else f"{name} {value}"
+                for name, value in checks.items()
+                if value not in ("ok", "attached", False)
+            ]
             log.warning("not ready: %s", ", ".join(reasons), extra={"state": "not_ready"})
 
     async def probe_kafka(self) -> None:
