@@ -52,8 +52,14 @@ def tls_files() -> Iterator[TlsFiles]:
         yield files
 
 
+@dataclass(frozen=True)
+class AmqpsListener:
+    port: int
+    ca: Path
+
+
 @pytest.fixture
-def amqps_port(tls_files: TlsFiles) -> Iterator[int]:
+def amqps(tls_files: TlsFiles) -> Iterator[AmqpsListener]:
     """An extra TLS listener of the running RabbitMQ, stopped again at the end."""
     port = free_port()
     options = (
@@ -66,21 +72,21 @@ def amqps_port(tls_files: TlsFiles) -> Iterator[int]:
     )
     assert started.stdout.strip() == "ok", started.stdout + started.stderr
     wait_for_port(port, 10)
-    yield port
+    yield AmqpsListener(port, tls_files.ca)
     subprocess.run(["rabbitmqctl", "eval", f"rabbit_networking:stop_tcp_listener({port})."],
                    capture_output=True, check=True)
 
 
 def test_the_bridge_consumes_over_amqps_and_verifies_the_server_certificate(
-    names: Names, rabbit: Rabbit, tls_files: TlsFiles, amqps_port: int,
-    start_bridge: BridgeFactory, kafka: EmbeddedKafka,
+    names: Names, rabbit: Rabbit, amqps: AmqpsListener, start_bridge: BridgeFactory,
+    kafka: EmbeddedKafka,
 ) -> None:
-    url = f"amqps://guest:guest@localhost:{amqps_port}//"
+    url = f"amqps://guest:guest@localhost:{amqps.port}//"
     untrusting = start_bridge(wait=False, BRIDGE_AMQP_URL=url)
     poll(lambda: "CERTIFICATE_VERIFY_FAILED" in untrusting.log(), 20, what="rejected certificate")
     untrusting.kill()
-    bridge = start_bridge(BRIDGE_AMQP_URL=url, BRIDGE_AMQP_SSL_CAFILE=str(tls_files.ca))
-    assert f"at amqps://guest:***@localhost:{amqps_port}//" in bridge.log()
+    bridge = start_bridge(BRIDGE_AMQP_URL=url, BRIDGE_AMQP_SSL_CAFILE=str(amqps.ca))
+    assert f"at amqps://guest:***@localhost:{amqps.port}//" in bridge.log()
     body = b'{"type": "worker-heartbeat", "hostname": "tls@h", "timestamp": 1.0}'
     rabbit.publish(names.exchange, "worker.heartbeat", body, "application/json")
     (record,) = read_topic(kafka.bootstrap_servers, names.topic, until=bool, timeout=30, idle=0.5)
