@@ -66,7 +66,7 @@ def main() -> None:
 def run(**flags: Any) -> None:
     """Drain Celery's events from RabbitMQ into Kafka until SIGTERM/SIGINT."""
     config = load_config(flags)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     try:
         asyncio.run(run_bridge(config))
     except ConfigError as exc:

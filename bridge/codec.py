@@ -54,6 +54,9 @@ class EventRecord:
     value: bytes
     headers: Headers
     event_type: str
+    hostname: str | None = None
+    timestamp: float | None = None
+    """The worker's clock when it sent the event (Celery's ``timestamp`` field)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +151,15 @@ def _judge(envelope: Envelope, item: Any, raw: bytes | None, index: int | None) 
         ("content_type", _JSON_HEADER),
         ("received_at", str(envelope.received_at_ms).encode()),
     ]
-    return EventRecord(record_key(item), value, headers, event_type)
+    timestamp = item.get("timestamp")
+    return EventRecord(
+        record_key(item),
+        value,
+        headers,
+        event_type,
+        hostname if isinstance(hostname, str) else None,
+        float(timestamp) if isinstance(timestamp, int | float) else None,
+    )
 
 
 def _reencode(item: Any) -> bytes:

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.errors import ConfigError
+from bridge.logs import mask_credentials
 
 ENV_PREFIX = "BRIDGE_"
 
@@ -20,6 +21,9 @@ QueueType = Literal["quorum", "classic"]
 Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 Topology = Literal["ordered", "competing"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+LogFormat = Literal["auto", "json", "text"]
 
 
 class Config(BaseSettings):
@@ -107,8 +111,44 @@ class Config(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
     )
+    log_format: LogFormat = Field(
+        "auto", description="json, text, or auto: text on a terminal, JSON lines otherwise."
+    )
     http_port: int = Field(
         9808, ge=0, le=65535, description="Port of /livez, /readyz and /metrics; 0 turns it off."
+    )
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="How the Kafka connection is secured."
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        "PLAIN", description="SASL mechanism for SASL_PLAINTEXT and SASL_SSL."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA bundle to verify the Kafka brokers; system CAs if unset."
+    )
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Key of the client certificate.")
+    amqp_ssl_cafile: Path | None = Field(
+        None, description="CA bundle to verify RabbitMQ (amqps://); system CAs if unset."
+    )
+    amqp_ssl_certfile: Path | None = Field(None, description="Client certificate for RabbitMQ.")
+    amqp_ssl_keyfile: Path | None = Field(
+        None, description="Key of the RabbitMQ client certificate."
+    )
+    enable_events_on_start: bool = Field(
+        False,
+        description="At start, tell every worker to send task events (like celery control "
+        "enable_events) and a heartbeat.",
+    )
+    control_exchange: str = Field(
+        "celery", description="Celery's control exchange (the app's control_exchange setting)."
+    )
+    silent_task_events_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Warn when workers work but send no task event for this long.",
     )
 
     @field_validator("topic", "dlq_topic")
@@ -152,7 +192,19 @@ class Config(BaseSettings):
     def _consistent(self) -> Config:
         if self.delivery_limit is not None and self.queue_type != "quorum":
             raise ValueError("delivery_limit needs queue_type quorum")
+        amqp_tls = (self.amqp_ssl_cafile, self.amqp_ssl_certfile, self.amqp_ssl_keyfile)
+        if any(amqp_tls) and urlsplit(self.amqp_url).scheme != "amqps":
+            raise ValueError("amqp_ssl_* settings need an amqps:// URL")
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError("SASL needs kafka_sasl_username and kafka_sasl_password")
         return self
+
+    def __repr_args__(self) -> Any:
+        # The AMQP URL carries a password; the SASL password is a SecretStr already.
+        for name, value in super().__repr_args__():
+            yield name, mask_credentials(value) if isinstance(value, str) else value
 
     @classmethod
     def load(cls, **overrides: Any) -> Config:

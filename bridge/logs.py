@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from typing import Literal
+
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s]*@", re.IGNORECASE)
 
@@ -28,10 +31,30 @@ class MaskingFormatter(logging.Formatter):
         return mask_credentials(super().format(record))
 
 
-def setup_logging(level: str) -> None:
+class MaskingJsonFormatter(OrjsonFormatter):
+    """One JSON object per line (time, level, logger, message, extras), URL passwords masked."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "{levelname}{name}{message}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",
+        )
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_credentials(super().format(record))
+
+
+def setup_logging(level: str, log_format: Literal["auto", "json", "text"] = "auto") -> None:
+    """Log to stderr: JSON lines, or text when ``auto`` and stderr is a terminal."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json" or (log_format == "auto" and not sys.stderr.isatty()):
+        handler.setFormatter(MaskingJsonFormatter())
+    else:
+        handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # so a warning is a JSON line too, not a stray text line
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))

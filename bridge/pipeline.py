@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from bridge.acks import AckOp, AckTracker
 from bridge.codec import DeadLetter, Outcome, decode
 from bridge.logs import describe
+from bridge.metrics import Metrics
 from bridge.sink import backoff
 from bridge.source import Delivery
 
@@ -43,6 +44,7 @@ class _Pending:
     generation: int
     tag: int
     remaining: int
+    received_at: float
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Pipeline:
     max_message_bytes: int
     post_acks: Callable[[int, list[AckOp]], None]
     stats: Stats = field(default_factory=Stats)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self._inbox: asyncio.Queue[list[Delivery] | None] = asyncio.Queue()
@@ -65,6 +68,7 @@ class Pipeline:
         self._ack_scheduled = False
         self._retries: set[asyncio.Task[None]] = set()
         self._kafka_failing = False
+        self.metrics.watch_in_flight(lambda: self._in_flight)
 
     @property
     def in_flight(self) -> int:
@@ -112,13 +116,17 @@ class Pipeline:
 
     async def _publish(self, delivery: Delivery) -> None:
         outcomes = decode(delivery.envelope, self.max_message_bytes)
-        pending = _Pending(delivery.generation, delivery.tag, len(outcomes))
+        received_at = delivery.envelope.received_at_ms / 1000
+        pending = _Pending(delivery.generation, delivery.tag, len(outcomes), received_at)
         if delivery.generation == self._generation:
             self._tracker.add(delivery.tag)
         self._in_flight += 1
         self._idle.clear()
         self.stats.messages += 1
+        self.metrics.message(delivery.redelivered)
         for outcome in outcomes:
+            if not isinstance(outcome, DeadLetter):
+                self.metrics.consumed(outcome, received_at)
             try:
                 future = await self.sink.send(outcome)
             except Exception as exc:
@@ -141,6 +149,7 @@ class Pipeline:
             self._kafka_failing = True
             log.warning("kafka send failed (%s); retrying with backoff", describe(exc))
         self.stats.retried_sends += 1
+        self.metrics.retried_send()
         task = asyncio.get_running_loop().create_task(self._resend(pending, outcome))
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
@@ -154,8 +163,10 @@ class Pipeline:
     def _confirmed(self, pending: _Pending, outcome: Outcome) -> None:
         if isinstance(outcome, DeadLetter):
             self.stats.dead_letters += 1
+            self.metrics.dead_lettered(outcome.reason)
         else:
             self.stats.events += 1
+            self.metrics.published(outcome, pending.received_at)
         pending.remaining -= 1
         if pending.remaining:
             return
@@ -173,4 +184,5 @@ class Pipeline:
         ops, count = self._tracker.take_acks()
         if ops:
             self.stats.acked += count
+            self.metrics.acked(count)
             self.post_acks(self._generation, ops)

@@ -7,13 +7,18 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+from bridge import http
 from bridge.config import Config
+from bridge.health import Health
+from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.sink import KafkaSink
 from bridge.source import AmqpSource, Delivery
 from bridge.topology import topology_for
+from bridge.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +28,19 @@ STATUS_INTERVAL_SECONDS = 30.0
 class _LoopListener:
     """Carries what the source thread sees onto the event loop, in order."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pipeline: Pipeline) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, pipeline: Pipeline, health: Health) -> None:
         self._loop = loop
         self._pipeline = pipeline
+        self._health = health
         self.fatal: asyncio.Future[None] = loop.create_future()
 
     def on_attached(self, generation: int) -> None:
         self._loop.call_soon_threadsafe(self._pipeline.attach, generation)
+        self._loop.call_soon_threadsafe(self._health.set_attached, True)
 
     def on_detached(self, generation: int) -> None:
         self._loop.call_soon_threadsafe(self._pipeline.detach, generation)
+        self._loop.call_soon_threadsafe(self._health.set_attached, False)
 
     def on_deliveries(self, batch: list[Delivery]) -> None:
         self._loop.call_soon_threadsafe(self._pipeline.accept, batch)
@@ -47,6 +55,34 @@ class _LoopListener:
 
 async def run_bridge(config: Config, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or SIGTERM/SIGINT); raise what stopped it otherwise."""
+    metrics = Metrics()
+    health = Health(config, metrics)
+    async with _monitoring(config, metrics, health):
+        await _run_bridge(config, stop, metrics, health)
+
+
+@contextlib.asynccontextmanager
+async def _monitoring(config: Config, metrics: Metrics, health: Health) -> AsyncIterator[None]:
+    """HTTP endpoints, broker probes and the watchdog, from before Kafka connects to the end."""
+    server = await http.serve(config.http_port, metrics, health) if config.http_port else None
+    tasks = asyncio.gather(
+        health.probe_kafka(),
+        health.poll_queue(),
+        Watchdog(config, metrics).run(health.amqp_attached),
+    )
+    try:
+        yield
+    finally:
+        tasks.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tasks
+        if server is not None:
+            await server.cleanup()
+
+
+async def _run_bridge(
+    config: Config, stop: asyncio.Event | None, metrics: Metrics, health: Health
+) -> None:
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -55,8 +91,8 @@ async def run_bridge(config: Config, stop: asyncio.Event | None = None) -> None:
     if not await _until_stopped(sink.start(), stop):
         return
     source = AmqpSource(config, topology_for(config))
-    pipeline = Pipeline(sink, config.max_message_bytes, source.post_acks)
-    listener = _LoopListener(loop, pipeline)
+    pipeline = Pipeline(sink, config.max_message_bytes, source.post_acks, metrics=metrics)
+    listener = _LoopListener(loop, pipeline, health)
     work = asyncio.gather(pipeline.run(), _status_lines(pipeline))
     source.start(listener)
     stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
@@ -66,6 +102,7 @@ async def run_bridge(config: Config, stop: asyncio.Event | None = None) -> None:
     finally:
         stopped.cancel()
         deadline = time.monotonic() + config.shutdown_grace_seconds
+        health.drain()
         log.info("draining: taking no new messages, waiting for kafka to confirm in-flight ones")
         source.stop_consuming()
         drained = await pipeline.drain(max(0.0, deadline - time.monotonic() - 1.0))

@@ -15,6 +15,7 @@ from bridge.codec import DeadLetter, Outcome
 from bridge.config import Config
 from bridge.errors import TransientError
 from bridge.retry import backoff_policy
+from bridge.tls import kafka_security
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,16 @@ class KafkaSink:
             "max_batch_size": config.kafka_batch_bytes,
             "max_request_size": config.max_message_bytes + _HEADROOM_BYTES,
             "request_timeout_ms": config.kafka_request_timeout_ms,
+            **kafka_security(config),
         }
 
     async def ensure_topics(self) -> None:
         """Create missing topics with the configured layout; never alter existing ones."""
         config = self._config
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=config.bootstrap_servers, request_timeout_ms=10_000
+            bootstrap_servers=config.bootstrap_servers,
+            request_timeout_ms=10_000,
+            **kafka_security(config),
         )
         await admin.start()
         try:

@@ -23,6 +23,7 @@ from bridge.config import Config
 from bridge.errors import ConfigError
 from bridge.logs import describe, mask_credentials
 from bridge.retry import backoff_policy
+from bridge.tls import amqp_ssl
 from bridge.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,12 @@ class AmqpSource:
             with attempt:
                 if self._closed.is_set():
                     return None
-                conn = Connection(self._config.amqp_url, heartbeat=30, connect_timeout=10)
+                conn = Connection(
+                    self._config.amqp_url,
+                    heartbeat=30,
+                    connect_timeout=10,
+                    ssl=amqp_ssl(self._config),
+                )
                 conn.connect()
                 return conn
         return None

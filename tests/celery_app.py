@@ -14,7 +14,7 @@ app.conf.update(
     event_exchange=os.environ.get("TEST_EVENT_EXCHANGE", "celeryev"),
     task_default_queue=os.environ.get("TEST_TASK_QUEUE", "celery"),
     task_send_sent_event=True,
-    worker_send_task_events=True,
+    control_exchange=os.environ.get("TEST_CONTROL_EXCHANGE", "celery"),
     broker_connection_retry_on_startup=True,
     result_backend=None,
 )

@@ -23,6 +23,13 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
 
 
 @pytest.fixture
+def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    """A broker of the test's own, so freezing it disturbs no other test."""
+    with EmbeddedKafka(log_path=tmp_path_factory.mktemp("own") / "tansu.log") as broker:
+        yield broker
+
+
+@pytest.fixture
 def names() -> Names:
     return Names()
 
@@ -79,12 +86,16 @@ def worker(
     """Start a real Celery worker (prefork, 2 processes) for the test's exchange and queue."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(events: bool = True, hostname: str | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        events: bool = True, hostname: str | None = None, control_exchange: str = "celery"
+    ) -> subprocess.Popen[bytes]:
+        """``events``: the -E flag (task events); ``control_exchange``: where it takes commands."""
         env = {
             **os.environ,
             "TEST_BROKER_URL": AMQP_URL,
             "TEST_EVENT_EXCHANGE": names.exchange,
             "TEST_TASK_QUEUE": names.task_queue,
+            "TEST_CONTROL_EXCHANGE": control_exchange,
         }
         args = [
             sys.executable,

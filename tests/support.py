@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,8 +20,10 @@ import amqp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.codec import event_id
+from bridge.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -82,6 +86,7 @@ def bridge_env(names: Names, bootstrap: str, **overrides: str) -> dict[str, str]
         "BRIDGE_DLQ_TOPIC": names.dlq_topic,
         "BRIDGE_TOPIC_PARTITIONS": "4",
         "BRIDGE_LOG_LEVEL": "INFO",
+        "BRIDGE_HTTP_PORT": str(free_port()),  # replicas side by side never collide
     }
     env.update(overrides)
     return env
@@ -129,6 +134,28 @@ class BridgeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def http(self, path: str) -> tuple[int, str]:
+        """GET a path of the replica's HTTP server: (status, body); (0, "") if it is not up."""
+        url = f"http://127.0.0.1:{self.env['BRIDGE_HTTP_PORT']}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of a metric (with these labels) in /metrics; 0 if none."""
+        status, text = self.http("/metrics")
+        assert status == 200, status
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
 
 class Rabbit:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import psutil
-import pytest
 
 from bridge.codec import Reason
 from bridge.embedded import EmbeddedKafka
@@ -69,13 +67,6 @@ def test_events_sent_while_every_replica_is_down_are_delivered_after_restart(
     start_bridge()
     start_bridge()
     assert_nothing_lost(kafka, names, rabbit, witness)
-
-
-@pytest.fixture
-def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
-    """A broker of the test's own, so freezing it disturbs no other test."""
-    with EmbeddedKafka(log_path=tmp_path_factory.mktemp("own") / "tansu.log") as broker:
-        yield broker
 
 
 def test_a_frozen_kafka_loses_nothing_and_memory_stays_bounded(

@@ -1,0 +1,58 @@
+"""/livez, /readyz and /metrics of a real bridge; readiness follows a frozen Kafka broker."""
+
+from __future__ import annotations
+
+import json
+
+import psutil
+
+from bridge.embedded import EmbeddedKafka
+from tests.conftest import BridgeFactory
+from tests.support import BridgeProcess, poll
+
+PREFIX = "celery_kafka_bridge"
+
+
+def ready(bridge: BridgeProcess) -> bool:
+    return bridge.http("/readyz")[0] == 200
+
+
+def test_a_consuming_bridge_is_live_ready_and_serves_its_metrics(
+    start_bridge: BridgeFactory,
+) -> None:
+    bridge = start_bridge()
+    poll(lambda: ready(bridge), 15, what="/readyz 200")
+    assert bridge.http("/livez") == (200, "ok\n")
+    assert json.loads(bridge.http("/readyz")[1]) == {
+        "ready": True,
+        "amqp": "attached",
+        "kafka": "ok",
+        "draining": False,
+    }
+    assert bridge.metric(f"{PREFIX}_ready") == 1
+    assert bridge.metric(f"{PREFIX}_connection_up", side="amqp") == 1
+    assert bridge.metric(f"{PREFIX}_connection_up", side="kafka") == 1
+    poll(lambda: bridge.metric(f"{PREFIX}_queue_consumers") == 1, 15, what="queue polled")
+    assert bridge.http("/nothing")[0] == 404
+    assert '"state":"ready"' in bridge.log()
+
+
+def test_readiness_drops_while_kafka_is_frozen_and_returns_on_its_own(
+    own_kafka: EmbeddedKafka, start_bridge: BridgeFactory
+) -> None:
+    bridge = start_bridge(BRIDGE_KAFKA_BOOTSTRAP_SERVERS=own_kafka.bootstrap_servers)
+    poll(lambda: ready(bridge), 15, what="ready before the freeze")
+    assert own_kafka.process is not None
+    broker = psutil.Process(own_kafka.process.pid)
+    broker.suspend()
+    try:
+        poll(lambda: not ready(bridge), 10, what="unready once Kafka is frozen")
+        status, body = bridge.http("/readyz")
+        assert status == 503
+        assert json.loads(body)["kafka"] != "ok"
+        assert bridge.http("/livez")[0] == 200, "a frozen Kafka must not fail liveness"
+        assert bridge.metric(f"{PREFIX}_connection_up", side="kafka") == 0
+    finally:
+        broker.resume()
+    poll(lambda: ready(bridge), 20, what="ready again after the thaw")
+    assert "not ready: kafka" in bridge.log()

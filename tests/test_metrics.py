@@ -1,0 +1,109 @@
+"""Metrics move as events flow: counters per event type, dead letters per reason, histograms."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prometheus_client import generate_latest
+
+from bridge.codec import Envelope, EventRecord, Outcome
+from bridge.embedded import EmbeddedKafka
+from bridge.metrics import MAX_LABELS, Metrics
+from bridge.pipeline import Pipeline
+from bridge.source import Delivery
+from tests.conftest import BridgeFactory
+from tests.support import Names, Rabbit, poll, publish_events
+
+PREFIX = "celery_kafka_bridge"
+
+
+class ConfirmingSink:
+    """Kafka stand-in that confirms every record at once (pure pipeline logic)."""
+
+    async def send(self, outcome: Outcome) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def delivery(tag: int, body: bytes, redelivered: bool = False) -> Delivery:
+    envelope = Envelope(body, "application/json", "utf-8", "task.received", 1_700_000_000_000)
+    return Delivery(1, tag, envelope, redelivered)
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(f"{PREFIX}_{name}", labels) or 0.0
+
+
+async def test_the_pipeline_counts_events_dead_letters_acks_and_redeliveries() -> None:
+    metrics = Metrics()
+    pipeline = Pipeline(ConfirmingSink(), 10_000, lambda _g, _ops: None, metrics=metrics)
+    pipeline.attach(1)
+    event = b'{"type": "task-received", "uuid": "u1", "hostname": "w@h", "timestamp": 1700000000.0}'
+    pair = b'[{"type": "task-started", "hostname": "w@h"}, {"type": "task-started"}]'
+    for tag, (body, redelivered) in enumerate(
+        [(event, False), (pair, True), (b"{nope", False)], start=1
+    ):
+        await pipeline._publish(delivery(tag, body, redelivered))
+    assert await pipeline.drain(1.0)  # every record confirmed, every ack flushed
+    assert value(metrics, "events_consumed_total", event_type="task-received") == 1
+    assert value(metrics, "events_published_total", event_type="task-started") == 2
+    assert value(metrics, "dead_letters_total", reason="undecodable") == 1
+    assert value(metrics, "amqp_messages_consumed_total") == 3
+    assert value(metrics, "amqp_messages_redelivered_total") == 1
+    assert value(metrics, "amqp_messages_acked_total") == 3
+    assert value(metrics, "publish_latency_seconds_count") == 3
+    assert value(metrics, "event_age_seconds_count") == 1, "only one event had a timestamp"
+    assert value(metrics, "in_flight_messages") == 0
+    assert metrics.last_seen == {"w@h": 1_700_000_000.0}
+    assert metrics.last_task_event == {"w@h": 1_700_000_000.0}
+
+
+def test_event_types_beyond_the_label_cap_count_as_other() -> None:
+    metrics = Metrics()
+    for i in range(MAX_LABELS + 5):
+        metrics.consumed(EventRecord(None, b"{}", [], f"custom-{i}"), 0.0)
+    assert value(metrics, "events_consumed_total", event_type="other") == 5
+    assert value(metrics, "events_consumed_total", event_type="custom-0") == 1
+
+
+def test_workers_appear_with_their_last_event_time_and_are_forgotten_after_an_hour() -> None:
+    metrics = Metrics()
+    metrics.consumed(EventRecord(b"w@h", b"{}", [], "worker-heartbeat", "w@h", 5.0), 100.0)
+    page = generate_latest(metrics.registry).decode()
+    assert f'{PREFIX}_worker_last_event_timestamp_seconds{{hostname="w@h"}} 100.0' in page
+    metrics.forget_workers(100.0 + 3601)
+    assert "w@h" not in generate_latest(metrics.registry).decode()
+
+
+def test_counters_say_n_after_n_events_and_a_poison_message_moves_the_dead_letter_counter(
+    names: Names, kafka: EmbeddedKafka, rabbit: Rabbit, start_bridge: BridgeFactory
+) -> None:
+    bridge = start_bridge()
+    sent = publish_events(names.exchange, 300, hostname="loadgen@metrics")
+    rabbit.publish(names.exchange, "task.bad", b'{"type": ', "application/json")
+    rabbit.publish(names.exchange, "task.bad", b"\x80\x04.", "application/x-python-serialize")
+
+    def published() -> float:
+        return bridge.metric(f"{PREFIX}_events_published_total", event_type="task-received")
+
+    poll(lambda: published() >= sent, 30, what=f"{sent} events published")
+    poll(lambda: bridge.metric(f"{PREFIX}_dead_letters_total") >= 2, 15, what="dead letters")
+    assert published() == sent
+    assert bridge.metric(f"{PREFIX}_events_consumed_total", event_type="task-received") == sent
+    assert bridge.metric(f"{PREFIX}_dead_letters_total", reason="undecodable") == 1
+    assert bridge.metric(f"{PREFIX}_dead_letters_total", reason="unsupported_content_type") == 1
+    messages = bridge.metric(f"{PREFIX}_amqp_messages_consumed_total")
+    poll(
+        lambda: bridge.metric(f"{PREFIX}_amqp_messages_acked_total") == messages,
+        10,
+        what="every message acked",
+    )
+    assert bridge.metric(f"{PREFIX}_publish_latency_seconds_count") == sent
+    assert bridge.metric(f"{PREFIX}_event_age_seconds_count") == sent
+    assert (
+        bridge.metric(f"{PREFIX}_worker_last_event_timestamp_seconds", hostname="loadgen@metrics")
+        > 0
+    )
+    assert bridge.metric(f"{PREFIX}_in_flight_messages") == 0
