@@ -22,9 +22,10 @@ from bridge.codec import Envelope
 from bridge.config import Config
 from bridge.errors import ConfigError
 from bridge.logs import describe, mask_credentials
+from bridge.retire import QueueRetirer
 from bridge.retry import backoff_policy
 from bridge.tls import amqp_ssl
-from bridge.topology import Topology
+from bridge.topology import Topology, other_topology_queues
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ _LINGER_SECONDS = 0.001
 _POLL_SECONDS = 0.01
 """Idle wait between checks for acks to apply; bounds the ack latency."""
 _MAX_BATCH = 512
+_STABLE_SESSION_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,8 @@ class AmqpSource:
         self._stop_consuming = threading.Event()
         self._generation = 0
         self._batch: list[Delivery] = []
+        self._last_delivered = 0
+        self._acked_through = 0  # every delivery up to this tag is acked (multiple-acks only)
         self._thread = threading.Thread(target=self._run, name="amqp-source", daemon=True)
 
     def start(self, listener: SourceListener) -> None:
@@ -88,15 +92,22 @@ class AmqpSource:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        quick_failures = 0
         try:
             while not self._closed.is_set():
                 conn = self._connect()
                 if conn is None:
                     return
+                started = time.monotonic()
                 try:
                     self._session(conn)
                 except (*conn.connection_errors, *conn.channel_errors) as exc:
-                    log.warning("amqp disconnected: %s", describe(exc))
+                    # A session that fails straight away would fail again: back off.
+                    quick = time.monotonic() - started < _STABLE_SESSION_SECONDS
+                    quick_failures = quick_failures + 1 if quick else 0
+                    wait = min(15.0, 0.5 * 2**quick_failures) if quick else 0.0
+                    log.warning("amqp disconnected: %s; reconnecting in %.1fs", describe(exc), wait)
+                    self._sleep(wait)
                 finally:
                     self._batch = []  # unacked, so RabbitMQ redelivers them
                     self._listener.on_detached(self._generation)
@@ -143,11 +154,20 @@ class AmqpSource:
         channel.basic_qos(0, self._config.prefetch, False)
         self._generation += 1
         self._acks.clear()
+        self._last_delivered = self._acked_through = 0
         self._listener.on_attached(self._generation)
         tags = [
             channel.basic_consume(queue, no_ack=False, callback=self._on_message)
             for queue in queues
         ]
+        retirer = QueueRetirer(
+            conn,
+            channel,
+            self._config.event_exchange,
+            self._on_message,
+            settle_seconds=self._config.shutdown_grace_seconds + 5,
+        )
+        retirer.start(other_topology_queues(self._config))
         log.info(
             "amqp consuming %s at %s", ", ".join(queues), mask_credentials(self._config.amqp_url)
         )
@@ -157,6 +177,7 @@ class AmqpSource:
             if consuming and self._stop_consuming.is_set():
                 for tag in tags:
                     channel.basic_cancel(tag)
+                retirer.stop()
                 consuming = False
                 log.info("amqp stopped consuming; applying the last acks")
             self._apply_acks(channel)
@@ -165,6 +186,8 @@ class AmqpSource:
             now = time.monotonic()
             if now >= next_heartbeat_check:  # once a second, not once per message
                 conn.heartbeat_check()
+                if consuming:
+                    retirer.check(self._last_delivered, self._acked_through)
                 next_heartbeat_check = now + 1.0
             self._drain_once(conn)
 
@@ -192,8 +215,9 @@ class AmqpSource:
             info.get("routing_key", ""),
             time.time_ns() // 1_000_000,
         )
+        self._last_delivered = info["delivery_tag"]
         self._batch.append(
-            Delivery(self._generation, info["delivery_tag"], envelope, info["redelivered"])
+            Delivery(self._generation, self._last_delivered, envelope, info["redelivered"])
         )
 
     def _apply_acks(self, channel: Any) -> None:
@@ -204,6 +228,8 @@ class AmqpSource:
                 continue
             for tag, multiple in ops:
                 channel.basic_ack(tag, multiple=multiple)
+                if multiple:
+                    self._acked_through = tag
 
 
 def _close_quietly(conn: Any) -> None:

@@ -5,11 +5,12 @@ Kept apart from the consumer so the way replicas share the stream can be swapped
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 from kombu.entity import Exchange, Queue
 
 from bridge.config import Config
+from bridge.config import Topology as TopologyName
 
 
 class Topology(Protocol):
@@ -71,6 +72,12 @@ class SharedQueueTopology:
         )
         queue(channel).declare()
         return [config.queue_name]
+
+
+def other_topology_queues(config: Config) -> list[str]:
+    """Queues of the topologies not in use: they are drained and deleted on a switch."""
+    others = [t for t in get_args(TopologyName) if t != config.topology]
+    return [config.model_copy(update={"topology": t}).queue_name for t in others]
 
 
 def topology_for(config: Config) -> Topology:

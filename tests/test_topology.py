@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,9 @@ from tests.support import (
     event_ids,
     events_of,
     poll,
+    publish_events,
     read_topic,
+    sent_event_ids,
 )
 
 TASKS = 1500
@@ -145,3 +148,27 @@ def test_competing_replicas_lose_nothing_and_their_inversion_rate_is_reported(
         f"\ncompeting: {report.inversions} of {report.records} task records out of order "
         f"({report.rate:.1%})"
     )
+
+
+def test_switching_topology_drains_the_old_queue_then_deletes_it_and_loses_nothing(
+    names: Names,
+    kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+) -> None:
+    old_queue = f"{names.queue}.competing"
+    old = start_bridge(BRIDGE_TOPOLOGY="competing")
+    old.signal(signal.SIGTERM)
+    assert old.wait(20) == 0
+    publish_events(names.exchange, 3_000)  # waiting in the old queue, nobody consuming
+    assert rabbit.queue_state(old_queue)[0] > 0
+    start_bridge(BRIDGE_SHUTDOWN_GRACE_SECONDS="2")  # the default topology: ordered
+    publish_events(names.exchange, 1_000)
+    poll(lambda: not rabbit.queue_exists(old_queue), 60, what="the old queue retired")
+    expected = sent_event_ids(rabbit.drain(witness))
+    records = read_topic(
+        kafka.bootstrap_servers, names.topic, until=lambda rs: expected <= event_ids(rs), timeout=60
+    )
+    assert not expected - event_ids(records), "events lost in the switch"
+    poll(lambda: rabbit.queue_state(names.queue)[0] == 0, 30, what="new queue drained")

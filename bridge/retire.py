@@ -1,0 +1,92 @@
+"""Retiring the queue of a topology the bridge no longer uses, without losing what it holds."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from amqp.exceptions import NotFound
+
+log = logging.getLogger(__name__)
+
+
+class QueueRetirer:
+    """Drains the queues of other topologies and deletes each once nothing in it can be lost.
+
+    On a topology switch the old queue is first unbound from the event exchange, so new events
+    reach only the new queue. It is consumed alongside until it holds no ready message and no
+    other replica is attached; then its consumer is cancelled. It is deleted once every delivery
+    taken from it is acked and it has stayed empty, with no consumer, for ``settle_seconds``
+    (longer than a replica's shutdown grace, so a stopping replica's unacked messages have come
+    back by then). Quorum queues cannot be deleted with if-empty, hence the settling. Anything
+    that comes back resumes the draining.
+    """
+
+    def __init__(
+        self,
+        conn: Any,
+        channel: Any,
+        exchange: str,
+        on_message: Callable[[Any], None],
+        settle_seconds: float,
+    ) -> None:
+        self._conn = conn
+        self._channel = channel
+        self._exchange = exchange
+        self._on_message = on_message
+        self._settle_seconds = settle_seconds
+        self._draining: dict[str, str] = {}
+        self._cancelled: dict[str, tuple[int, float]] = {}
+
+    def start(self, queues: list[str]) -> None:
+        for queue in queues:
+            if self._probe(queue) is not None:
+                self._channel.queue_unbind(queue, self._exchange, "#")
+                log.info("retiring queue %s of another topology: unbound, draining it", queue)
+                self._consume(queue)
+
+    def check(self, last_delivered_tag: int, acked_through: int) -> None:
+        """Advance each retiring queue: stop consuming when drained, delete when settled."""
+        now = time.monotonic()
+        for queue, tag in list(self._draining.items()):
+            state = self._probe(queue)
+            if state is None or state == (0, 1):
+                self._channel.basic_cancel(tag)
+                del self._draining[queue]
+                if state is not None:
+                    self._cancelled[queue] = (last_delivered_tag, now)
+        for queue, (through, since) in list(self._cancelled.items()):
+            if acked_through < through:
+                continue
+            state = self._probe(queue)
+            if state == (0, 0) and now - since < self._settle_seconds:
+                continue
+            del self._cancelled[queue]
+            if state == (0, 0):
+                self._channel.queue_delete(queue)
+                log.info("retired queue %s: drained and deleted", queue)
+            elif state is not None:
+                self._consume(queue)
+
+    def stop(self) -> None:
+        for tag in self._draining.values():
+            self._channel.basic_cancel(tag)
+        self._draining.clear()
+
+    def _consume(self, queue: str) -> None:
+        self._draining[queue] = self._channel.basic_consume(
+            queue, no_ack=False, callback=self._on_message
+        )
+
+    def _probe(self, queue: str) -> tuple[int, int] | None:
+        """(ready messages, consumers), or None if the queue is gone; on a channel of its own,
+        because a failed passive declare closes the channel."""
+        channel = self._conn.channel()
+        try:
+            _, ready, consumers = channel.queue_declare(queue, passive=True)
+        except NotFound:
+            return None
+        channel.close()
+        return int(ready), int(consumers)
