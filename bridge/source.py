@@ -99,6 +99,7 @@ class AmqpSource:
                 if conn is None:
                     return
                 started = time.monotonic()
+                wait = 0.0
                 try:
                     self._session(conn)
                 except (*conn.connection_errors, *conn.channel_errors) as exc:
@@ -107,11 +108,11 @@ class AmqpSource:
                     quick_failures = quick_failures + 1 if quick else 0
                     wait = min(15.0, 0.5 * 2**quick_failures) if quick else 0.0
                     log.warning("amqp disconnected: %s; reconnecting in %.1fs", describe(exc), wait)
-                    self._sleep(wait)
                 finally:
                     self._batch = []  # unacked, so RabbitMQ redelivers them
                     self._listener.on_detached(self._generation)
                     _close_quietly(conn)
+                self._sleep(wait)
         except BaseException as exc:
             self._listener.on_fatal(exc)
 
