@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -25,30 +24,15 @@ from bridge.audit import (
     format_timeline,
     summarise,
 )
-from bridge.config import ENV_PREFIX, Config
+from bridge.config import Config
 from bridge.consumer import Scan, read_events
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import describe
+from bridge.options import setting_options
 from bridge.replay import RateLimiter, open_target, replay
 from bridge.timeparse import DURATION, TIME
 
-F = typing.TypeVar("F", bound=Callable[..., Any])
-
 _READER_SETTINGS = ("kafka_bootstrap_servers", "topic")
-
-
-def setting_options(*names: str) -> Callable[[F], F]:
-    """One flag per named `Config` field; unset flags fall back to ``BRIDGE_*``, then defaults."""
-
-    def decorate(func: F) -> F:
-        for name in reversed(names):
-            field = Config.model_fields[name]
-            env = f"{ENV_PREFIX}{name.upper()}"
-            help_text = f"{field.description} [env: {env}; default: {field.default}]"
-            func = click.option("--" + name.replace("_", "-"), name, help=help_text)(func)
-        return func
-
-    return decorate
 
 
 def _settings(flags: dict[str, Any]) -> Config:

@@ -4,47 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import typing
-from collections.abc import Callable
 from typing import Any
 
 import click
 
 from bridge.audit_cli import COMMANDS
-from bridge.config import ENV_PREFIX, Config
+from bridge.config import Config
 from bridge.demo import run_demo
 from bridge.errors import ConfigError
 from bridge.logs import describe, setup_logging
+from bridge.options import setting_options
 from bridge.runner import run_bridge
 
-F = typing.TypeVar("F", bound=Callable[..., Any])
-
-
-def config_options(func: F) -> F:
-    """Add one flag per `Config` field; a flag given on the command line beats the variable."""
-    for name, field in reversed(Config.model_fields.items()):
-        flag = "--" + name.replace("_", "-")
-        env = f"{ENV_PREFIX}{name.upper()}"
-        default = "unset" if field.default is None else field.default
-        help_text = f"{field.description} [env: {env}; default: {default}]"
-        choices = _literal_choices(field.annotation)
-        if field.annotation is bool:
-            flag = f"{flag}/--no-{flag[2:]}"
-        option = click.option(
-            flag,
-            name,
-            default=None,
-            help=help_text,
-            type=click.Choice(choices) if choices else None,
-        )
-        func = option(func)
-    return func
-
-
-def _literal_choices(annotation: Any) -> list[str]:
-    if typing.get_origin(annotation) is typing.Literal:
-        return [str(arg) for arg in typing.get_args(annotation)]
-    return []
+config_options = setting_options(*Config.model_fields)
+"""One flag per `Config` field; a flag given on the command line beats the variable."""
 
 
 def load_config(flags: dict[str, Any]) -> Config:
