@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 from collections import Counter
@@ -17,7 +18,15 @@ from bridge.errors import ConfigError
 from bridge.ordering import count_inversions
 from bridge.shards import PLUGIN_MISSING, ShardedTopology, replicas_queue
 from tests.conftest import BridgeFactory
-from tests.support import Names, Rabbit, poll, publish_events
+from tests.support import (
+    Names,
+    Rabbit,
+    event_ids,
+    poll,
+    publish_events,
+    read_topic,
+    sent_event_ids,
+)
 from tests.test_topology import TASKS, in_topic_order, run_scenario
 
 SHARDS = 4
@@ -110,3 +119,26 @@ def test_replicas_share_the_active_shards_and_take_over_those_of_a_dead_or_new_o
     finally:
         stop.set()
         publisher.join(10)
+
+
+def test_switching_from_sharded_retires_the_shards_and_the_hash_exchange_and_loses_nothing(
+    names: Names,
+    kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+    shards: list[str],
+) -> None:
+    old = start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
+    old.signal(signal.SIGTERM)
+    assert old.wait(20) == 0
+    for i in range(8):
+        publish_events(names.exchange, 100, hostname=f"worker-{i}@{names.suffix}")
+    start_bridge(BRIDGE_SHUTDOWN_GRACE_SECONDS="2")  # ordered
+    publish_events(names.exchange, 500)
+    poll(lambda: not any(rabbit.queue_exists(q) for q in shards), 60, what="the shards retired")
+    expected = sent_event_ids(rabbit.drain(witness))
+    records = read_topic(
+        kafka.bootstrap_servers, names.topic, until=lambda rs: expected <= event_ids(rs), timeout=60
+    )
+    assert not expected - event_ids(records), "events lost in the switch"
