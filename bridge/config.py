@@ -20,7 +20,7 @@ ENV_PREFIX = "BRIDGE_"
 QueueType = Literal["quorum", "classic"]
 Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
-Topology = Literal["ordered", "competing"]
+Topology = Literal["ordered", "competing", "sharded"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogFormat = Literal["auto", "json", "text"]
@@ -56,7 +56,12 @@ class Config(BaseSettings):
     topology: Topology = Field(
         "ordered",
         description="How replicas share the queue: ordered (one active, the rest hot standbys; "
-        "per-task order kept) or competing (round-robin; order best effort).",
+        "per-task order kept), competing (round-robin; order best effort) or sharded (events "
+        "hashed by worker into shards, each with one active replica; needs the RabbitMQ plugin "
+        "rabbitmq_consistent_hash_exchange).",
+    )
+    shards: int = Field(
+        4, ge=1, description="Shard queues of the sharded topology (a multiple of the replicas)."
     )
     queue_type: QueueType = Field(
         "quorum",
@@ -183,6 +188,16 @@ class Config(BaseSettings):
         """
         base = f"{self.queue_prefix}.{self.node_id}"
         return base if self.topology == "ordered" else f"{base}.{self.topology}"
+
+    @property
+    def shard_queues(self) -> list[str]:
+        """The shard queues of the sharded topology, in shard order."""
+        return [f"{self.queue_prefix}.{self.node_id}.shard-{i}" for i in range(self.shards)]
+
+    @property
+    def shard_exchange(self) -> str:
+        """The consistent-hash exchange of the sharded topology, fed by the event exchange."""
+        return f"{self.event_exchange}.{self.node_id}.sharded"
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -40,7 +40,14 @@ class QueueRetirer:
         self._draining: dict[str, str] = {}
         self._cancelled: dict[str, tuple[int, float]] = {}
 
-    def start(self, queues: list[str]) -> None:
+    def start(self, queues: list[str], exchanges: list[str]) -> None:
+        """Retire ``queues``; ``exchanges`` feed some of them and are deleted first."""
+        for exchange in exchanges:
+            if self._exchange_exists(exchange):
+                self._channel.exchange_delete(exchange)
+                log.info(
+                    "retired exchange %s of another topology: its queues get no more", exchange
+                )
         for queue in queues:
             if self._probe(queue) is not None:
                 self._channel.queue_unbind(queue, self._exchange, "#")
@@ -79,6 +86,15 @@ class QueueRetirer:
         self._draining[queue] = self._channel.basic_consume(
             queue, no_ack=False, callback=self._on_message
         )
+
+    def _exchange_exists(self, exchange: str) -> bool:
+        channel = self._conn.channel()
+        try:
+            channel.exchange_declare(exchange, "x-consistent-hash", passive=True)
+        except NotFound:
+            return False
+        channel.close()
+        return True
 
     def _probe(self, queue: str) -> tuple[int, int] | None:
         """(ready messages, consumers), or None if the queue is gone; on a channel of its own,

@@ -25,7 +25,12 @@ from bridge.logs import describe, mask_credentials
 from bridge.retire import QueueRetirer
 from bridge.retry import backoff_policy
 from bridge.tls import amqp_ssl
-from bridge.topology import Topology, other_topology_queues
+from bridge.topology import (
+    Topology,
+    consumers_for,
+    other_topology_exchanges,
+    other_topology_queues,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +162,8 @@ class AmqpSource:
         self._acks.clear()
         self._last_delivered = self._acked_through = 0
         self._listener.on_attached(self._generation)
-        tags = [
-            channel.basic_consume(queue, no_ack=False, callback=self._on_message)
-            for queue in queues
-        ]
+        consumers = consumers_for(self._config, conn, channel, self._on_message)
+        consumers.start(queues)
         retirer = QueueRetirer(
             conn,
             channel,
@@ -168,7 +171,7 @@ class AmqpSource:
             self._on_message,
             settle_seconds=self._config.shutdown_grace_seconds + 5,
         )
-        retirer.start(other_topology_queues(self._config))
+        retirer.start(other_topology_queues(self._config), other_topology_exchanges(self._config))
         log.info(
             "amqp consuming %s at %s", ", ".join(queues), mask_credentials(self._config.amqp_url)
         )
@@ -176,8 +179,7 @@ class AmqpSource:
         next_heartbeat_check = 0.0
         while True:
             if consuming and self._stop_consuming.is_set():
-                for tag in tags:
-                    channel.basic_cancel(tag)
+                consumers.stop()
                 retirer.stop()
                 consuming = False
                 log.info("amqp stopped consuming; applying the last acks")
@@ -188,6 +190,7 @@ class AmqpSource:
             if now >= next_heartbeat_check:  # once a second, not once per message
                 conn.heartbeat_check()
                 if consuming:
+                    consumers.check()
                     retirer.check(self._last_delivered, self._acked_through)
                 next_heartbeat_check = now + 1.0
             self._drain_once(conn)

@@ -5,12 +5,15 @@ Kept apart from the consumer so the way replicas share the stream can be swapped
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, get_args
 
-from kombu.entity import Exchange, Queue
+from kombu.entity import Queue
 
 from bridge.config import Config
 from bridge.config import Topology as TopologyName
+from bridge.queues import event_exchange, queue_arguments
+from bridge.shards import ShardBalancer, ShardedTopology
 
 
 class Topology(Protocol):
@@ -19,32 +22,35 @@ class Topology(Protocol):
     def declare(self, channel: Any, server_version: str) -> list[str]: ...
 
 
-def event_exchange(name: str) -> Exchange:
-    """Celery's event exchange, declared exactly as Celery declares it (topic, durable)."""
-    return Exchange(name, type="topic", durable=True, auto_delete=False)
+class Consumers(Protocol):
+    """The consumers of a session on the declared queues; called on the source thread."""
+
+    def start(self, queues: list[str]) -> None: ...
+    def check(self) -> None: ...
+    def stop(self) -> None: ...
 
 
-def queue_arguments(config: Config, server_version: str) -> dict[str, Any]:
-    """Arguments of the bridge queue: durable type, optional length bound, delivery limit."""
-    args: dict[str, Any] = {"x-queue-type": config.queue_type}
-    if config.queue_max_length is not None:
-        args["x-max-length"] = config.queue_max_length
-        args["x-overflow"] = config.queue_overflow
-    if config.dead_letter_exchange is not None:
-        args["x-dead-letter-exchange"] = config.dead_letter_exchange
-    if config.queue_type == "quorum":
-        if config.delivery_limit is not None:
-            args["x-delivery-limit"] = config.delivery_limit
-        elif _major(server_version) >= 4:
-            # 4.0+ defaults quorum queues to 20 deliveries and then drops; -1 is unlimited there.
-            # On 3.x the limit is unlimited when absent, and -1 would drop after one delivery.
-            args["x-delivery-limit"] = -1
-    return args
+class PlainConsumers:
+    """One consumer per queue, kept for the whole session."""
 
+    def __init__(self, channel: Any, on_message: Callable[[Any], None]) -> None:
+        self._channel = channel
+        self._on_message = on_message
+        self._tags: list[str] = []
 
-def _major(version: str) -> int:
-    head = version.split(".", 1)[0]
-    return int(head) if head.isdigit() else 0
+    def start(self, queues: list[str]) -> None:
+        self._tags = [
+            self._channel.basic_consume(queue, no_ack=False, callback=self._on_message)
+            for queue in queues
+        ]
+
+    def check(self) -> None:
+        """Nothing to rebalance."""
+
+    def stop(self) -> None:
+        for tag in self._tags:
+            self._channel.basic_cancel(tag)
+        self._tags = []
 
 
 class SharedQueueTopology:
@@ -74,12 +80,33 @@ class SharedQueueTopology:
         return [config.queue_name]
 
 
+def topology_queues(config: Config) -> list[str]:
+    """The queues the configured topology consumes."""
+    return config.shard_queues if config.topology == "sharded" else [config.queue_name]
+
+
 def other_topology_queues(config: Config) -> list[str]:
     """Queues of the topologies not in use: they are drained and deleted on a switch."""
     others = [t for t in get_args(TopologyName) if t != config.topology]
-    return [config.model_copy(update={"topology": t}).queue_name for t in others]
+    return [q for t in others for q in topology_queues(config.model_copy(update={"topology": t}))]
+
+
+def other_topology_exchanges(config: Config) -> list[str]:
+    """Exchanges of the topologies not in use: deleting one stops what it feeds its queues."""
+    return [] if config.topology == "sharded" else [config.shard_exchange]
 
 
 def topology_for(config: Config) -> Topology:
     """The topology named by the configuration."""
+    if config.topology == "sharded":
+        return ShardedTopology(config)
     return SharedQueueTopology(config)
+
+
+def consumers_for(
+    config: Config, conn: Any, channel: Any, on_message: Callable[[Any], None]
+) -> Consumers:
+    """How a session consumes the topology's queues."""
+    if config.topology == "sharded":
+        return ShardBalancer(conn, channel, config, on_message)
+    return PlainConsumers(channel, on_message)

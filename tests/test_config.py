@@ -10,7 +10,7 @@ import pytest
 
 from bridge.config import Config
 from bridge.errors import ConfigError
-from bridge.topology import queue_arguments
+from bridge.queues import queue_arguments
 from tests.support import ROOT
 
 

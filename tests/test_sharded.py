@@ -1,0 +1,149 @@
+"""The sharded topology: workers hashed over shard queues whose active consumers are spread."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from amqp.exceptions import InvalidCommand
+
+from bridge.config import Config
+from bridge.embedded import EmbeddedKafka
+from bridge.errors import ConfigError
+from bridge.ordering import count_inversions
+from bridge.shards import PLUGIN_MISSING, ShardedTopology, replicas_queue
+from tests.conftest import BridgeFactory
+from tests.support import (
+    Names,
+    Rabbit,
+    event_ids,
+    poll,
+    publish_events,
+    read_topic,
+    sent_event_ids,
+)
+from tests.test_topology import TASKS, in_topic_order, run_scenario
+
+SHARDS = 4
+
+
+@pytest.fixture
+def shards(names: Names, rabbit: Rabbit) -> Iterator[list[str]]:
+    """The shard queues of the test's sharded bridge; they and the hash exchange go at the end."""
+    config = Config.load(event_exchange=names.exchange, node_id=names.node_id, shards=SHARDS)
+    yield config.shard_queues
+    rabbit.delete(
+        queues=[*config.shard_queues, replicas_queue(config)], exchanges=[config.shard_exchange]
+    )
+
+
+def active_shards_per_replica(queues: list[str]) -> list[int]:
+    """How many of ``queues`` each connection's channel is the active consumer of, most first."""
+    lines = subprocess.run(
+        ["rabbitmqctl", "list_consumers", "-q", "queue_name", "channel_pid", "active"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    rows = [line.split("\t") for line in lines]
+    active = Counter(pid for queue, pid, flag in rows if queue in queues and flag == "true")
+    return sorted(active.values(), reverse=True)
+
+
+def test_a_missing_plugin_fails_with_one_line_saying_how_to_enable_it() -> None:
+    class NoPlugin:
+        def exchange_declare(self, *_args: Any, **_kwargs: Any) -> None:
+            raise InvalidCommand("unknown exchange type 'x-consistent-hash'")
+
+    with pytest.raises(ConfigError, match="rabbitmq-plugins enable") as info:
+        ShardedTopology(Config.load(topology="sharded")).declare(NoPlugin(), "3.10.8")
+    assert str(info.value) == PLUGIN_MISSING
+
+
+def test_events_of_many_workers_spread_over_every_shard(
+    names: Names, rabbit: Rabbit, witness: str, start_bridge: BridgeFactory, shards: list[str]
+) -> None:
+    replica = start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
+    replica.kill()  # the shards now keep what they get
+    for i in range(24):
+        publish_events(names.exchange, 10, hostname=f"worker-{i}@{names.suffix}")
+    sent = rabbit.queue_state(witness)[0]
+
+    def depths() -> list[int]:
+        return [rabbit.queue_state(queue)[0] for queue in shards]
+
+    # Quorum queue counts can trail the publisher for a moment: every message in one shard.
+    poll(lambda: sum(depths()) == sent, 10, what="every message in a shard")
+    print(f"\nsharded: events per shard {depths()}")
+    assert all(depths()), "a shard got no worker"
+
+
+def test_three_sharded_replicas_keep_every_worker_in_order_through_a_kill(
+    names: Names,
+    kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+    worker: Callable[..., Any],
+    shards: list[str],
+) -> None:
+    records, _, _ = run_scenario(names, kafka, rabbit, witness, start_bridge, worker, "sharded")
+    report = count_inversions(in_topic_order(records))
+    print(f"\nsharded: {report.inversions} of {report.records} task records out of order")
+    assert report.records >= 3 * TASKS
+    assert report.inversions == 0
+
+
+def test_replicas_share_the_active_shards_and_take_over_those_of_a_dead_or_new_one(
+    names: Names, rabbit: Rabbit, start_bridge: BridgeFactory, shards: list[str]
+) -> None:
+    stop = threading.Event()
+
+    def keep_publishing() -> None:  # deliveries on every shard tell replicas where they are active
+        i = 0
+        while not stop.is_set():
+            publish_events(names.exchange, 2, hostname=f"worker-{i % 24}@{names.suffix}")
+            i += 1
+
+    publisher = threading.Thread(target=keep_publishing, daemon=True)
+    publisher.start()
+    try:
+        first = start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
+        poll(lambda: active_shards_per_replica(shards) == [4], 30, what="one replica on all")
+        start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
+        poll(lambda: active_shards_per_replica(shards) == [2, 2], 30, what="shards shared")
+        first.kill()
+        poll(lambda: active_shards_per_replica(shards) == [4], 30, what="the survivor on all")
+        start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
+        poll(lambda: active_shards_per_replica(shards) == [2, 2], 30, what="a newcomer's share")
+    finally:
+        stop.set()
+        publisher.join(10)
+
+
+def test_switching_from_sharded_retires_the_shards_and_the_hash_exchange_and_loses_nothing(
+    names: Names,
+    kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+    shards: list[str],
+) -> None:
+    old = start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
+    old.signal(signal.SIGTERM)
+    assert old.wait(20) == 0
+    for i in range(8):
+        publish_events(names.exchange, 100, hostname=f"worker-{i}@{names.suffix}")
+    start_bridge(BRIDGE_SHUTDOWN_GRACE_SECONDS="2")  # ordered
+    publish_events(names.exchange, 500)
+    poll(lambda: not any(rabbit.queue_exists(q) for q in shards), 60, what="the shards retired")
+    expected = sent_event_ids(rabbit.drain(witness))
+    records = read_topic(
+        kafka.bootstrap_servers, names.topic, until=lambda rs: expected <= event_ids(rs), timeout=60
+    )
+    assert not expected - event_ids(records), "events lost in the switch"
