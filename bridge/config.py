@@ -195,6 +195,11 @@ class Config(BaseSettings):
         return [f"{self.queue_prefix}.{self.node_id}.shard-{i}" for i in range(self.shards)]
 
     @property
+    def event_queues(self) -> list[str]:
+        """The queues this topology takes events from."""
+        return self.shard_queues if self.topology == "sharded" else [self.queue_name]
+
+    @property
     def shard_exchange(self) -> str:
         """The consistent-hash exchange of the sharded topology, fed by the event exchange."""
         return f"{self.event_exchange}.{self.node_id}.sharded"

@@ -145,7 +145,7 @@ class Health:
 
 
 class _QueuePoller:
-    """A passive declare on a kombu connection kept open between polls (blocking calls)."""
+    """Passive declares on a kombu connection kept open between polls (blocking calls)."""
 
     def __init__(self, config: Config) -> None:
         self._config = config
@@ -157,15 +157,17 @@ class _QueuePoller:
             self._conn = Connection(config.amqp_url, connect_timeout=5, ssl=amqp_ssl(config))
         conn = self._conn
         try:
-            _, messages, consumers = conn.default_channel.queue_declare(
-                queue=config.queue_name, passive=True
-            )
+            states = [
+                conn.default_channel.queue_declare(queue=queue, passive=True)[1:]
+                for queue in config.event_queues
+            ]
         except (OSError, *conn.connection_errors, *conn.channel_errors) as exc:
             # The queue may not exist yet, or RabbitMQ is away: the consumer side reports that.
             log.debug("polling the queue depth failed: %s", describe(exc))
             self.close()
             return None
-        return int(messages), int(consumers)
+        # Ready messages of every queue; consumers of the busiest-attached one.
+        return sum(int(m) for m, _ in states), max(int(c) for _, c in states)
 
     def close(self) -> None:
         if self._conn is not None:
