@@ -93,7 +93,7 @@ async def _run_bridge(
     source = AmqpSource(config, topology_for(config))
     pipeline = Pipeline(sink, config.max_message_bytes, source.post_acks, metrics=metrics)
     listener = _LoopListener(loop, pipeline, health)
-    work = asyncio.gather(pipeline.run(), _status_lines(pipeline))
+    work = asyncio.gather(pipeline.run(), _status_lines(pipeline), sink.watch_topics())
     source.start(listener)
     stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     watched: set[asyncio.Future[Any]] = {stopped, listener.fatal, work}

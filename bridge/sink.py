@@ -20,6 +20,7 @@ from bridge.tls import kafka_security
 log = logging.getLogger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
+TOPIC_CHECK_SECONDS = 2.0
 _HEADROOM_BYTES = 65_536
 """Room for the key and headers above the largest body the bridge accepts."""
 
@@ -98,6 +99,19 @@ class KafkaSink:
                     log.info("created kafka topic %s", topic)
         finally:
             await admin.close()
+
+    async def watch_topics(self, interval: float = TOPIC_CHECK_SECONDS) -> None:
+        """Forever: recreate the topics if they vanish, e.g. a broker replaced by an empty one.
+
+        Real Kafka refuses records for a missing topic, so they are retried until it is back;
+        this puts it back without a restart.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.ensure_topics()
+            except (KafkaError, TransientError, OSError) as exc:
+                log.debug("checking the kafka topics failed: %s", exc)
 
     async def send(self, outcome: Outcome) -> asyncio.Future[Any]:
         """Queue one record; the future resolves when Kafka acknowledged it (acks=all)."""

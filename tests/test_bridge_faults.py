@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
 
 import psutil
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge.codec import Reason
 from bridge.embedded import EmbeddedKafka
@@ -167,3 +169,39 @@ def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
     publisher.join(60)
     start_bridge()
     assert_nothing_lost(kafka, names, rabbit, witness)
+
+
+def test_an_empty_kafka_replacing_the_old_one_gets_the_topics_back_and_the_stream_resumes(
+    names: Names,
+    own_kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+) -> None:
+    bridge = start_bridge(BRIDGE_KAFKA_BOOTSTRAP_SERVERS=own_kafka.bootstrap_servers)
+    publish_events(names.exchange, 200)
+    before = sent_event_ids(rabbit.drain(witness))
+    read_topic(own_kafka.bootstrap_servers, names.topic, until=lambda rs: before <= event_ids(rs))
+    own_kafka.stop()
+    with EmbeddedKafka(port=own_kafka.port) as replacement:
+        poll(lambda: names.topic in topics_of(replacement), 30, what="the topic recreated")
+        publish_events(names.exchange, 500)
+        after = sent_event_ids(rabbit.drain(witness))
+        records = read_topic(
+            replacement.bootstrap_servers, names.topic, until=lambda rs: after <= event_ids(rs)
+        )
+        assert not after - event_ids(records)
+        assert bridge.alive()
+        assert names.dlq_topic in topics_of(replacement)
+
+
+def topics_of(kafka: EmbeddedKafka) -> set[str]:
+    async def listing() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    return asyncio.run(listing())
