@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import amqp
 import orjson
 
 from bench.loadgen import Workers, event_app
+from tests import support
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,19 +25,11 @@ class Captured:
     properties: dict[str, Any]
 
 
-class Rabbit:
-    """One py-amqp connection for declaring, capturing, replaying and watching queues."""
+class Rabbit(support.Rabbit):
+    """The tests' py-amqp client, plus capturing, replaying and watching queues."""
 
     def __init__(self, amqp_url: str) -> None:
-        url = urlsplit(amqp_url)
-        self.conn = amqp.Connection(
-            f"{url.hostname or '127.0.0.1'}:{url.port or 5672}",
-            userid=unquote(url.username or "guest"),
-            password=unquote(url.password or "guest"),
-            virtual_host=unquote(url.path[1:] or "/") if url.path not in ("", "/") else "/",
-        )
-        self.conn.connect()
-        self.channel = self.conn.channel()
+        super().__init__(amqp_url)
         self.channel.auto_decode = False
 
     def exchange(self, name: str) -> str:
@@ -72,15 +64,6 @@ class Rabbit:
                 continue
         self.channel.basic_cancel(tag)
         return captured
-
-    def delete(self, queues: list[str], exchanges: list[str]) -> None:
-        for queue in queues:
-            self.channel.queue_delete(queue)
-        for exchange in exchanges:
-            self.channel.exchange_delete(exchange)
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def replay(channel: Any, messages: list[Captured], exchange: str, queue: str) -> None:

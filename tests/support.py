@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import amqp
 import orjson
@@ -27,6 +28,21 @@ from bridge.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m bridge ARGS` from the checkout; the result, whatever its exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def poll(
@@ -161,8 +177,14 @@ class BridgeProcess:
 class Rabbit:
     """A plain py-amqp connection for declaring, inspecting and publishing in tests."""
 
-    def __init__(self) -> None:
-        self.conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")
+    def __init__(self, amqp_url: str = AMQP_URL) -> None:
+        url = urlsplit(amqp_url)
+        self.conn = amqp.Connection(
+            f"{url.hostname or '127.0.0.1'}:{url.port or 5672}",
+            userid=unquote(url.username or "guest"),
+            password=unquote(url.password or "guest"),
+            virtual_host=unquote(url.path[1:]) if url.path not in ("", "/") else "/",
+        )
         self.conn.connect()
         self.channel = self.conn.channel()
 

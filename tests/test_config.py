@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ import pytest
 from bridge.config import Config
 from bridge.errors import ConfigError
 from bridge.queues import queue_arguments
-from tests.support import ROOT
+from tests.support import run_cli
 
 
 def test_defaults_match_the_documented_ones() -> None:
@@ -65,28 +63,15 @@ def test_a_bad_setting_fails_with_one_line_naming_it(
 
 
 def test_the_cli_exits_2_with_one_line_naming_the_setting() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bridge", "run", "--prefetch", "-3"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("run", "--prefetch", "-3", timeout=60)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "BRIDGE_PREFETCH" in line
 
 
 def test_every_setting_has_a_documented_flag() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bridge", "run", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = run_cli("run", "--help", timeout=60)
+    assert result.returncode == 0, result.stderr
     for name in Config.model_fields:
         assert f"--{name.replace('_', '-')}" in result.stdout
         assert f"BRIDGE_{name.upper()}" in result.stdout.replace("\n", "").replace(" ", "")

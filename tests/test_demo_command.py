@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
-from tests.support import ROOT, Rabbit
+from tests.support import Rabbit, run_cli
 
 
 def test_the_demo_shows_keyed_records_of_a_real_worker_and_stops_every_process_cleanly() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "bridge", "demo", "--seconds", "12"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_cli("demo", "--seconds", "12", env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "started an embedded Tansu broker" in out
@@ -37,15 +27,7 @@ def test_the_demo_shows_keyed_records_of_a_real_worker_and_stops_every_process_c
 
 def test_the_demo_says_in_one_line_when_rabbitmq_is_unreachable() -> None:
     env = {**os.environ, "BRIDGE_AMQP_URL": "amqp://guest:secret@127.0.0.1:1//"}
-    result = subprocess.run(
-        [sys.executable, "-m", "bridge", "demo", "--seconds", "1"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("demo", "--seconds", "1", env=env, timeout=60)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert "RabbitMQ is not reachable" in line and "rabbitmq-server -detached" in line
