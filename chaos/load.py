@@ -82,6 +82,7 @@ class ConfirmedPublisher:
         self.load = load
         self.per_message = per_message
         self._conn: amqp.Connection | None = None
+        self._chan: Any = None
         self._next = 0
 
     def run(self, events: int, rate: float, stop: threading.Event | None = None) -> None:
@@ -135,8 +136,8 @@ class ConfirmedPublisher:
                 connect_timeout=2,
             )
             conn.connect()
-            self._conn = conn
-        return self._conn.default_channel
+            self._conn, self._chan = conn, conn.channel()
+        return self._chan
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -258,6 +258,7 @@ def bad_input(profile: Profile, ctx: Context) -> Result:
     with Stage(ctx, "bad", BRIDGE_MAX_MESSAGE_BYTES="65536") as stage:
         bridge = stage.bridge()
         load, tally, dead = LoadLog(), stage.tally(), stage.tally(dead_letters=True)
+        sampler = stage.sampler(0.5)
         publisher = ConfirmedPublisher(stage.names.exchange, load)
         sent_bad: list[int] = []
         for i in range(max(profile.bad_messages, profile.good_events)):
@@ -274,6 +275,7 @@ def bad_input(profile: Profile, ctx: Context) -> Result:
         _settle(result, load, tally)
         dead.join()
         result.dead_lettered = sum(dead.reasons.values())
+        result.peak_rss_mib = sampler.stop().peak_rss_mib
         result.check(
             "every bad message dead-lettered with its reason",
             dead.reasons == wanted,
