@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -14,8 +15,24 @@ from typing import Any
 
 import psutil
 
+from aiokafka.admin import AIOKafkaAdminClient
+
 from chaos.load import LoadLog, background
 from tests.support import KafkaRecord, scan_topic
+
+
+def list_topics(bootstrap: str) -> list[str]:
+    """The topics a Kafka broker says it has."""
+
+    async def ask() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+        await admin.start()
+        try:
+            return sorted(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    return asyncio.run(ask())
 
 
 class Tally:
@@ -36,10 +53,14 @@ class Tally:
         self._missing: set[bytes] | None = None
         self._dead_wanted: int | None = None
         self._give_up_at = float("inf")
+        self.error = ""
         self._thread = background(self._scan, timeout)
 
     def _scan(self, timeout: float) -> None:
-        scan_topic(self.bootstrap, self.topic, on_poll=self._on_poll, timeout=timeout)
+        try:
+            scan_topic(self.bootstrap, self.topic, on_poll=self._on_poll, timeout=timeout)
+        except AssertionError as exc:  # the topic never appeared: everything expected is lost
+            self.error = str(exc)
 
     def _on_poll(self, records: list[KafkaRecord]) -> bool:
         now = time.monotonic()

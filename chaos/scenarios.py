@@ -17,7 +17,7 @@ from bridge.embedded import EmbeddedKafka
 from chaos.badinput import BAD_MESSAGES, expected_reasons
 from chaos.faults import TcpProxy, close_connections_from, rabbitmqctl
 from chaos.load import ConfirmedPublisher, LoadLog, background, celery_load
-from chaos.measure import Result, Sampler, Tally
+from chaos.measure import Result, Sampler, Tally, list_topics
 from chaos.profiles import Profile
 from chaos.stage import Context, Stage
 
@@ -199,7 +199,12 @@ def swap_kafka(profile: Profile, ctx: Context) -> Result:
             result.recovery_s = tally.recovery(load, replaced)
             result.check("bridge still running, never restarted", bridge.alive())
             result.check("bridge queue drained", stage.wait_drained(30))
+            present = list_topics(new.bootstrap_servers)
+            wanted = [stage.names.topic, stage.names.dlq_topic]
+            result.check("topics recreated on the new broker", set(wanted) <= set(present), present)
             result.figures.update(
+                topics_on_new_broker=present,
+                reader_error=tally.error,
                 gone_with_old_broker=len(gone),
                 gone_and_seen_on_old_broker=len(gone & old_tally.join(10).first_seen.keys()),
                 accepted_after_kill=len(load.task_ids(since=killed)),
