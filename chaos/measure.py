@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
-
 from aiokafka.admin import AIOKafkaAdminClient
 
 from chaos.load import LoadLog, background
