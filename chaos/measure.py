@@ -52,6 +52,8 @@ class Tally:
         self._missing: set[bytes] | None = None
         self._dead_wanted: int | None = None
         self._give_up_at = float("inf")
+        self._quiet_since = time.monotonic()
+        self._quiet_limit = float("inf")
         self.error = ""
         self._thread = background(self._scan, timeout)
 
@@ -67,7 +69,10 @@ class Tally:
             self.records += len(records)
             for record in records:
                 self._count(record, now)
-            return self._complete() or now > self._give_up_at
+            if records:
+                self._quiet_since = now
+            quiet = now - self._quiet_since > self._quiet_limit
+            return self._complete() or quiet or now > self._give_up_at
 
     def _complete(self) -> bool:
         if self._dead_wanted is not None:
@@ -86,11 +91,14 @@ class Tally:
             if self._missing is not None:
                 self._missing.discard(task_id)
 
-    def expect(self, task_ids: Iterable[bytes], within: float) -> None:
-        """The ids that must arrive; stop reading once they did or ``within`` seconds passed."""
+    def expect(self, task_ids: Iterable[bytes], within: float, quiet: float = 30.0) -> None:
+        """The ids that must arrive; stop reading once they did, or ``within`` seconds passed,
+        or nothing arrived for ``quiet`` seconds (longer than the bridge's longest backoff)."""
         with self._lock:
             self._missing = set(task_ids) - self.first_seen.keys()
             self._give_up_at = time.monotonic() + within
+            self._quiet_since = time.monotonic()
+            self._quiet_limit = quiet
 
     def expect_dead_letters(self, count: int, within: float) -> None:
         """Stop reading once ``count`` dead letters arrived or ``within`` seconds passed."""

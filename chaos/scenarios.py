@@ -192,7 +192,7 @@ def swap_kafka(profile: Profile, ctx: Context) -> Result:
             time.sleep(2.0)
             new.start()
             replaced = time.monotonic()
-            tally = stage.tally(timeout=profile.kafka_swap_seconds + SETTLE_SECONDS)
+            tally = stage.tally(timeout=profile.kafka_swap_seconds + 60)
             publisher.join()
             _settle(result, load, tally, must=load.task_ids(since=killed))
             gone = load.task_ids() - tally.first_seen.keys()
