@@ -60,8 +60,9 @@ class Tally:
     def _scan(self, timeout: float) -> None:
         try:
             scan_topic(self.bootstrap, self.topic, on_poll=self._on_poll, timeout=timeout)
-        except AssertionError as exc:  # the topic never appeared: everything expected is lost
-            self.error = str(exc)
+        except (Exception, asyncio.CancelledError) as exc:
+            # The topic never appeared, or its broker was killed: what was read still counts.
+            self.error = f"{type(exc).__name__}: {exc}"
 
     def _on_poll(self, records: list[KafkaRecord]) -> bool:
         now = time.monotonic()
