@@ -20,6 +20,7 @@ from chaos.load import ConfirmedPublisher, LoadLog, background, celery_load
 from chaos.measure import Result, Sampler, Tally, list_topics
 from chaos.profiles import Profile
 from chaos.stage import Context, Stage
+from tests.support import BridgeProcess
 
 Scenario = Callable[[Profile, Context], Result]
 
@@ -54,11 +55,15 @@ def kill_replicas(profile: Profile, ctx: Context) -> Result:
             profile.kill_rate,
         )
         kills: list[float] = []
+        busiest = BusiestReplica()
+        active_kills = 0
         while True:
             publisher.join(profile.kill_interval)
             if not publisher.is_alive():
                 break
-            rng.choice(stage.live()).kill()
+            victim = rng.choice(stage.live())
+            active_kills += victim.pid == busiest.pid(stage.live())
+            victim.kill()
             kills.append(time.monotonic())
             stage.bridge(wait=False)
         result.peak_rss_mib = sampler.stop().peak_rss_mib
@@ -73,6 +78,7 @@ def kill_replicas(profile: Profile, ctx: Context) -> Result:
         result.check("bridge queue drained", stage.wait_drained())
         result.figures.update(
             kills=len(kills),
+            kills_of_the_active_replica=active_kills,
             prefetch=KILL_PREFETCH,
             duplicate_bound=bound,
             replicas_started=len(stage.replicas),
@@ -80,6 +86,27 @@ def kill_replicas(profile: Profile, ctx: Context) -> Result:
         )
     result.duration_s = round(time.monotonic() - started, 1)
     return result
+
+
+class BusiestReplica:
+    """The replica that used the most CPU since the last look: in ordered topology, the active
+    one (standbys idle). A heuristic, for the report only."""
+
+    def __init__(self) -> None:
+        self._cpu: dict[int, float] = {}
+
+    def pid(self, replicas: list[BridgeProcess]) -> int | None:
+        used: dict[int, float] = {}
+        for replica in replicas:
+            try:
+                times = psutil.Process(replica.pid).cpu_times()
+            except psutil.Error:
+                continue
+            total = times.user + times.system
+            if replica.pid in self._cpu:  # a replica still starting up burns CPU on imports
+                used[replica.pid] = total - self._cpu[replica.pid]
+            self._cpu[replica.pid] = total
+        return max(used, key=used.__getitem__) if used else None
 
 
 def restart_rabbitmq(queue_type: str) -> Scenario:
