@@ -121,7 +121,7 @@ def restart_rabbitmq(queue_type: str) -> Scenario:
         started = time.monotonic()
         with Stage(ctx, f"restart-{queue_type}", BRIDGE_QUEUE_TYPE=queue_type) as stage:
             bridge = stage.bridge()
-            load, tally = LoadLog(), stage.tally()
+            load, tally, sampler = LoadLog(), stage.tally(), stage.sampler(0.5)
             publisher = ConfirmedPublisher(stage.names.exchange, load, per_message=10)
             events = int(profile.restart_seconds * profile.restart_rate)
             thread = background(publisher.run, events, profile.restart_rate)
@@ -137,6 +137,7 @@ def restart_rabbitmq(queue_type: str) -> Scenario:
                 up = time.monotonic()
                 bridge.signal(signal.SIGCONT)
             thread.join()
+            result.peak_rss_mib = sampler.stop().peak_rss_mib
             _settle(result, load, tally)
             result.recovery_s = tally.recovery(load, up)
             result.check("bridge still running, never restarted", bridge.alive())
@@ -208,7 +209,7 @@ def swap_kafka(profile: Profile, ctx: Context) -> Result:
             ctx, "swap", old.bootstrap_servers, BRIDGE_KAFKA_REQUEST_TIMEOUT_MS="2000"
         ) as stage:
             bridge = stage.bridge()
-            load, old_tally = LoadLog(), stage.tally()
+            load, old_tally, sampler = LoadLog(), stage.tally(), stage.sampler(0.5)
             events = int(profile.kafka_swap_seconds * profile.kafka_swap_rate)
             publisher = celery_load(stage.names.exchange, load, events, profile.kafka_swap_rate)
             time.sleep(profile.kafka_swap_seconds / 3)
@@ -221,6 +222,7 @@ def swap_kafka(profile: Profile, ctx: Context) -> Result:
             replaced = time.monotonic()
             tally = stage.tally(timeout=profile.kafka_swap_seconds + 60)
             publisher.join()
+            result.peak_rss_mib = sampler.stop().peak_rss_mib
             _settle(result, load, tally, must=load.task_ids(since=killed))
             gone = load.task_ids() - tally.first_seen.keys()
             result.recovery_s = tally.recovery(load, replaced)
@@ -252,7 +254,7 @@ def cut_amqp(profile: Profile, ctx: Context) -> Result:
     try:
         with Stage(ctx, "cut", BRIDGE_AMQP_URL=url) as stage:
             bridge = stage.bridge()
-            load, tally = LoadLog(), stage.tally()
+            load, tally, sampler = LoadLog(), stage.tally(), stage.sampler(0.5)
             events = int((profile.cuts + 1) * profile.cut_interval * profile.cut_rate)
             publisher = celery_load(stage.names.exchange, load, events, profile.cut_rate)
             cuts: list[float] = []
@@ -265,6 +267,7 @@ def cut_amqp(profile: Profile, ctx: Context) -> Result:
                     hits += proxy.cut()
                 cuts.append(time.monotonic())
             publisher.join()
+            result.peak_rss_mib = sampler.stop().peak_rss_mib
             _settle(result, load, tally)
             recoveries = [r for r in (tally.recovery(load, c) for c in cuts) if r is not None]
             result.recovery_s = max(recoveries, default=None)
