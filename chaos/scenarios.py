@@ -56,6 +56,7 @@ def kill_replicas(profile: Profile, ctx: Context) -> Result:
         )
         kills: list[float] = []
         busiest = BusiestReplica()
+        busiest.pid(stage.live())  # the first look only records where CPU time stands
         active_kills = 0
         while True:
             publisher.join(profile.kill_interval)
