@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BENCH_EVENTS ?= 200000
+CHAOS_PROFILE ?= short
 
 .PHONY: install services test lint demo bench chaos clean
 
@@ -22,7 +23,7 @@ test: install services
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check bridge tests
+	$(BIN)/ruff check bridge tests chaos
 	$(BIN)/mypy
 
 demo: install services
@@ -30,6 +31,9 @@ demo: install services
 
 bench: install services
 	BENCH_EVENTS=$(BENCH_EVENTS) $(BIN)/python -m bench.run
+
+chaos: install services
+	$(BIN)/python -m chaos.run --$(CHAOS_PROFILE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -66,12 +66,7 @@ def start_bridge(
         replica = BridgeProcess(env, tmp_path / f"bridge-{len(started)}.log").start()
         started.append(replica)
         if wait:
-            poll(
-                lambda: "amqp consuming" in replica.log() or not replica.alive(),
-                30,
-                what="the bridge to consume",
-            )
-            assert replica.alive(), replica.log()
+            replica.wait_until_consuming()
         return replica
 
     yield start

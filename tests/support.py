@@ -173,6 +173,16 @@ class BridgeProcess:
             if sample.name == name and labels.items() <= sample.labels.items()
         )
 
+    def wait_until_consuming(self, timeout: float = 30.0) -> BridgeProcess:
+        """Block until the replica consumes its queue; fail if it died first."""
+        poll(
+            lambda: "amqp consuming" in self.log() or not self.alive(),
+            timeout,
+            what="the bridge to consume",
+        )
+        assert self.alive(), self.log()
+        return self
+
 
 class Rabbit:
     """A plain py-amqp connection for declaring, inspecting and publishing in tests."""
@@ -275,16 +285,49 @@ def read_topic(
     without a condition, until no record arrived for ``idle`` seconds. Tansu's end offsets can
     trail what it serves, so they are not used.
     """
-    return asyncio.run(_read_topic(bootstrap, topic, until, timeout, idle))
+    records: list[KafkaRecord] = []
+
+    def collect(batch: list[KafkaRecord]) -> bool:
+        records.extend(batch)
+        return bool(batch) and until is not None and until(records)
+
+    scan_topic(
+        bootstrap, topic, on_poll=collect, satisfiable=until is not None, timeout=timeout, idle=idle
+    )
+    return records
 
 
-async def _read_topic(
+def scan_topic(
     bootstrap: str,
     topic: str,
-    until: Callable[[list[KafkaRecord]], bool] | None,
+    *,
+    on_poll: Callable[[list[KafkaRecord]], bool],
+    satisfiable: bool = True,
+    timeout: float = 60.0,
+    idle: float = 2.0,
+) -> None:
+    """Feed a topic's records to ``on_poll`` from the beginning, without keeping them.
+
+    ``on_poll`` gets each poll's records (possibly none); once it returned True, reading goes on
+    for ``idle`` seconds more. If it never can (not ``satisfiable``), reading stops after
+    ``idle`` seconds without a record. For topics too large to hold in a list.
+    """
+    asyncio.run(
+        _scan_topic(
+            bootstrap, topic, on_poll=on_poll, satisfiable=satisfiable, timeout=timeout, idle=idle
+        )
+    )
+
+
+async def _scan_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    on_poll: Callable[[list[KafkaRecord]], bool],
+    satisfiable: bool,
     timeout: float,
     idle: float,
-) -> list[KafkaRecord]:
+) -> None:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -297,42 +340,40 @@ async def _read_topic(
         assignment = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assignment)
         await consumer.seek_to_beginning(*assignment)
-        records: list[KafkaRecord] = []
         last_record = satisfied_at = time.monotonic()
-        satisfied = until is None
+        satisfied = False
         while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            for tp, messages in batches.items():
-                records.extend(
-                    KafkaRecord(
-                        tp.topic,
-                        tp.partition,
-                        m.offset,
-                        m.key,
-                        m.value,
-                        dict(m.headers),
-                        m.timestamp,
-                    )
-                    for m in messages
+            records = [
+                KafkaRecord(
+                    tp.topic, tp.partition, m.offset, m.key, m.value, dict(m.headers), m.timestamp
                 )
-            if batches:
+                for tp, messages in batches.items()
+                for m in messages
+            ]
+            if on_poll(records) and not satisfied:
+                satisfied, satisfied_at = True, time.monotonic()
+            if records:
                 last_record = time.monotonic()
-                if until is not None and not satisfied:
-                    satisfied = until(records)
-                    satisfied_at = time.monotonic()
-            elif until is None and time.monotonic() - last_record > idle:
+            elif not satisfiable and time.monotonic() - last_record > idle:
                 break
-            if until is not None and satisfied and time.monotonic() - satisfied_at > idle:
+            if satisfied and time.monotonic() - satisfied_at > idle:
                 break
-        return records
     finally:
         await consumer.stop()
 
 
-def publish_events(exchange: str, count: int, rate: float | None = None, hostname: str = "") -> int:
+def publish_events(
+    exchange: str,
+    count: int,
+    rate: float | None = None,
+    hostname: str = "",
+    on_sent: Callable[[int], None] | None = None,
+) -> int:
     """Send ``count`` task events through Celery's own dispatcher, half of them in lists.
 
-    Returns how many were sent; ``rate`` (events/s) paces them.
+    Event ``i`` has the task uuid ``<hostname>-<i>``; ``on_sent(i)`` is called once it was handed
+    to the dispatcher. Returns how many were sent; ``rate`` (events/s) paces them.
     """
     app = Celery(broker=AMQP_URL, set_as_current=False)
     app.conf.event_exchange = exchange
@@ -355,6 +396,8 @@ def publish_events(exchange: str, count: int, rate: float | None = None, hostnam
                 eta=None,
                 expires=None,
             )
+            if on_sent is not None:
+                on_sent(i)
             if rate and i % 100 == 99:
                 ahead = (i + 1) / rate - (time.monotonic() - started)
                 if ahead > 0:
