@@ -54,14 +54,6 @@ def test_a_frozen_kafka_loses_nothing_and_the_bridge_stops_taking_messages(ctx: 
     assert result.lost == 0
 
 
-def test_a_replaced_kafka_broker_gets_every_event_accepted_after_the_old_one_died(
-    ctx: Context,
-) -> None:
-    result = scenarios.swap_kafka(SHORT, ctx)
-    assert_passed(result)
-    assert result.lost == 0
-
-
 def test_cutting_the_amqp_connection_again_and_again_loses_nothing(ctx: Context) -> None:
     result = scenarios.cut_amqp(SHORT, ctx)
     assert_passed(result)
