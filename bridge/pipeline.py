@@ -30,13 +30,18 @@ class Sender(Protocol):
 
 @dataclass
 class Stats:
-    """Running totals, for the status line and the tests."""
+    """Running totals, for the status and shutdown log lines."""
 
     messages: int = 0
     events: int = 0
     dead_letters: int = 0
     acked: int = 0
-    retried_sends: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.messages} messages, {self.events} events, "
+            f"{self.dead_letters} dead letters, {self.acked} acked"
+        )
 
 
 @dataclass(slots=True)
@@ -148,7 +153,6 @@ class Pipeline:
         if not self._kafka_failing:  # one line per state change, not one per record
             self._kafka_failing = True
             log.warning("kafka send failed (%s); retrying with backoff", describe(exc))
-        self.stats.retried_sends += 1
         self.metrics.retried_send()
         task = asyncio.get_running_loop().create_task(self._resend(pending, outcome))
         self._retries.add(task)

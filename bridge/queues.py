@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from amqp.exceptions import NotFound
 from kombu.entity import Exchange
 
 from bridge.config import Config
@@ -35,3 +36,17 @@ def queue_arguments(config: Config, server_version: str) -> dict[str, Any]:
 def _major(version: str) -> int:
     head = version.split(".", 1)[0]
     return int(head) if head.isdigit() else 0
+
+
+def queue_state(conn: Any, queue: str) -> tuple[int, int] | None:
+    """(ready messages, consumers) of a queue, or None if it does not exist.
+
+    Asked on a channel of its own, because a failed passive declare closes its channel.
+    """
+    channel = conn.channel()
+    try:
+        _, ready, consumers = channel.queue_declare(queue, passive=True)
+    except NotFound:
+        return None
+    channel.close()
+    return int(ready), int(consumers)

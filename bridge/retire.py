@@ -9,6 +9,8 @@ from typing import Any
 
 from amqp.exceptions import NotFound
 
+from bridge.queues import queue_state
+
 log = logging.getLogger(__name__)
 
 
@@ -49,7 +51,7 @@ class QueueRetirer:
                     "retired exchange %s of another topology: its queues get no more", exchange
                 )
         for queue in queues:
-            if self._probe(queue) is not None:
+            if queue_state(self._conn, queue) is not None:
                 self._channel.queue_unbind(queue, self._exchange, "#")
                 log.info("retiring queue %s of another topology: unbound, draining it", queue)
                 self._consume(queue)
@@ -58,7 +60,7 @@ class QueueRetirer:
         """Advance each retiring queue: stop consuming when drained, delete when settled."""
         now = time.monotonic()
         for queue, tag in list(self._draining.items()):
-            state = self._probe(queue)
+            state = queue_state(self._conn, queue)
             if state is None or state == (0, 1):
                 self._channel.basic_cancel(tag)
                 del self._draining[queue]
@@ -67,7 +69,7 @@ class QueueRetirer:
         for queue, (through, since) in list(self._cancelled.items()):
             if acked_through < through:
                 continue
-            state = self._probe(queue)
+            state = queue_state(self._conn, queue)
             if state == (0, 0) and now - since < self._settle_seconds:
                 continue
             del self._cancelled[queue]
@@ -95,14 +97,3 @@ class QueueRetirer:
             return False
         channel.close()
         return True
-
-    def _probe(self, queue: str) -> tuple[int, int] | None:
-        """(ready messages, consumers), or None if the queue is gone; on a channel of its own,
-        because a failed passive declare closes the channel."""
-        channel = self._conn.channel()
-        try:
-            _, ready, consumers = channel.queue_declare(queue, passive=True)
-        except NotFound:
-            return None
-        channel.close()
-        return int(ready), int(consumers)

@@ -113,14 +113,7 @@ async def _run_bridge(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
                 await sink.stop()
-        log.info(
-            "stopped: %d messages, %d events, %d dead letters, %d acked, drained=%s",
-            pipeline.stats.messages,
-            pipeline.stats.events,
-            pipeline.stats.dead_letters,
-            pipeline.stats.acked,
-            drained,
-        )
+        log.info("stopped: %s, drained=%s", pipeline.stats, drained)
     if listener.fatal.done():
         listener.fatal.result()
 
@@ -143,12 +136,4 @@ async def _until_stopped(coro: Any, stop: asyncio.Event) -> bool:
 async def _status_lines(pipeline: Pipeline) -> None:
     while True:
         await asyncio.sleep(STATUS_INTERVAL_SECONDS)
-        stats = pipeline.stats
-        log.info(
-            "status: %d messages, %d events, %d dead letters, %d acked, %d in flight",
-            stats.messages,
-            stats.events,
-            stats.dead_letters,
-            stats.acked,
-            pipeline.in_flight,
-        )
+        log.info("status: %s, %d in flight", pipeline.stats, pipeline.in_flight)

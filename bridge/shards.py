@@ -18,7 +18,7 @@ from amqp.exceptions import InvalidCommand
 
 from bridge.config import Config
 from bridge.errors import ConfigError
-from bridge.queues import event_exchange, queue_arguments
+from bridge.queues import event_exchange, queue_arguments, queue_state
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +145,9 @@ class ShardBalancer:
         self._on_message(message)
 
     def _replicas(self) -> int:
-        """Consumers of the replicas queue, on a channel of its own (a failed passive declare
-        closes its channel)."""
-        channel = self._conn.channel()
-        _, _, consumers = channel.queue_declare(replicas_queue(self._config), passive=True)
-        channel.close()
-        return int(consumers)
+        """How many replicas are attached: the consumers of the replicas queue."""
+        state = queue_state(self._conn, replicas_queue(self._config))
+        return state[1] if state else 0
 
 
 def _ignore(_message: Any) -> None:

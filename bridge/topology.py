@@ -80,15 +80,10 @@ class SharedQueueTopology:
         return [config.queue_name]
 
 
-def topology_queues(config: Config) -> list[str]:
-    """The queues the configured topology consumes."""
-    return config.shard_queues if config.topology == "sharded" else [config.queue_name]
-
-
 def other_topology_queues(config: Config) -> list[str]:
     """Queues of the topologies not in use: they are drained and deleted on a switch."""
     others = [t for t in get_args(TopologyName) if t != config.topology]
-    return [q for t in others for q in topology_queues(config.model_copy(update={"topology": t}))]
+    return [q for t in others for q in config.model_copy(update={"topology": t}).event_queues]
 
 
 def other_topology_exchanges(config: Config) -> list[str]:
