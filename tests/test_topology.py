@@ -172,3 +172,13 @@ def test_switching_topology_drains_the_old_queue_then_deletes_it_and_loses_nothi
     )
     assert not expected - event_ids(records), "events lost in the switch"
     poll(lambda: rabbit.queue_state(names.queue)[0] == 0, 30, what="new queue drained")
+
+
+def test_a_queue_declared_with_other_arguments_stops_the_bridge_with_one_line_and_exit_2(
+    names: Names, rabbit: Rabbit, start_bridge: BridgeFactory
+) -> None:
+    rabbit.channel.queue_declare(names.queue, durable=True, auto_delete=False)  # classic
+    bridge = start_bridge(wait=False)  # quorum by default
+    assert bridge.wait(60) == 2
+    (line,) = [ln for ln in bridge.log().splitlines() if ln.startswith("celery-kafka-bridge:")]
+    assert "exists with other arguments" in line
