@@ -50,15 +50,17 @@ def clean_up(amqp_url: str, prefix: str, rates: int) -> None:
         rabbit.close()
 
 
-def throughput(setup: Setup) -> list[Drain]:
-    runs: list[Callable[[Setup], Drain]] = [
-        drains.receiver,
-        drains.bare_kombu,
-        partial(drains.bridge, count=1),
-        partial(drains.bridge, count=2),
-    ]
+DRAINS: dict[str, Callable[[Setup], Drain]] = {
+    "a": drains.receiver,
+    "b": drains.bare_kombu,
+    "c": partial(drains.bridge, count=1),
+    "d": partial(drains.bridge, count=2),
+}
+
+
+def throughput(setup: Setup, which: str) -> list[Drain]:
     results = []
-    for run in runs:
+    for run in (DRAINS[name] for name in which):
         result = run(setup)
         click.echo(f"  ({result.name}) {result.label}: {result.events_per_second:,.0f} events/s")
         results.append(result)
@@ -114,6 +116,13 @@ def throughput(setup: Setup) -> list[Drain]:
     help="Kafka bootstrap servers; default: start an embedded Tansu broker.",
 )
 @click.option(
+    "--drains",
+    "which",
+    default="abcd",
+    show_default=True,
+    help="Which throughput drains to run, e.g. 'ac' (empty: none).",
+)
+@click.option(
     "--queue-type",
     type=click.Choice(["quorum", "classic"]),
     default="quorum",
@@ -130,6 +139,7 @@ def main(
     amqp_url: str,
     kafka: str | None,
     queue_type: str,
+    which: str,
 ) -> None:
     """Drain N events four ways, then time events through the bridge at fixed rates."""
     if quick:
@@ -151,7 +161,7 @@ def main(
         )
         try:
             click.echo(f"draining {setup.events:,} events ({len(messages):,} messages)")
-            drained = throughput(setup)
+            drained = throughput(setup, which)
             click.echo(f"latency at {', '.join(f'{r:,.0f}' for r in rate_list) or 'no'} events/s")
             latencies = run_rates(setup, rate_list, rate_seconds)
         finally:

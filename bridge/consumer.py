@@ -19,13 +19,13 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from tqdm import tqdm
 
 from bridge.codec import event_id as compute_event_id
 from bridge.config import Config
 from bridge.errors import BridgeError
 from bridge.events import ClockOrder, Dedup, Event
+from bridge.partitions import partition_for
 
 __all__ = [
     "Event",
@@ -46,12 +46,6 @@ _BATCH = 500
 
 class TopicNotFound(BridgeError):
     """The events topic does not exist (yet) on the brokers."""
-
-
-def partition_for(key: bytes, partitions: Sequence[int]) -> int:
-    """The partition the bridge's producer writes ``key`` to (aiokafka's murmur2 partitioner)."""
-    ordered = sorted(partitions)
-    return int(DefaultPartitioner()(key, ordered, ordered))
 
 
 @dataclass(frozen=True)
@@ -233,7 +227,7 @@ class EventStream:
             await consumer.topics()  # refreshes the metadata
             partitions = consumer.partitions_for_topic(topic)
         if self._key is not None:
-            return [TopicPartition(topic, partition_for(self._key, list(partitions)))]
+            return [TopicPartition(topic, partition_for(self._key, sorted(partitions)))]
         return [TopicPartition(topic, p) for p in sorted(partitions)]
 
     async def _seek(self) -> None:

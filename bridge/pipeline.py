@@ -11,10 +11,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 from bridge.acks import AckOp, AckTracker
+from bridge.batches import OnDone
 from bridge.codec import DeadLetter, Outcome, decode
 from bridge.logs import describe
 from bridge.metrics import Metrics
@@ -24,7 +24,12 @@ from bridge.source import Delivery
 log = logging.getLogger(__name__)
 
 
+_Token = tuple["_Pending", Outcome]
+
+
 class Sender(Protocol):
+    async def refresh_partitions(self) -> None: ...
+    def writer(self, on_done: OnDone[_Token]) -> Callable[[Outcome, _Token], None]: ...
     async def send(self, outcome: Outcome) -> asyncio.Future[Any]: ...
 
 
@@ -74,6 +79,7 @@ class Pipeline:
         self._retries: set[asyncio.Task[None]] = set()
         self._kafka_failing = False
         self.metrics.watch_in_flight(lambda: self._in_flight)
+        self._write = self.sink.writer(self._written)
 
     @property
     def in_flight(self) -> int:
@@ -98,10 +104,11 @@ class Pipeline:
             batch = await self._inbox.get()
             if batch is None:
                 return
+            async for attempt in backoff("kafka metadata"):
+                with attempt:
+                    await self.sink.refresh_partitions()
             for delivery in batch:
-                if self._closing:
-                    return
-                await self._publish(delivery)
+                self._publish(delivery)
 
     async def drain(self, timeout: float) -> bool:
         """Take nothing new; wait up to ``timeout`` for Kafka to confirm what is in flight."""
@@ -119,7 +126,7 @@ class Pipeline:
             task.cancel()
         return self._in_flight == 0
 
-    async def _publish(self, delivery: Delivery) -> None:
+    def _publish(self, delivery: Delivery) -> None:
         outcomes = decode(delivery.envelope, self.max_message_bytes)
         received_at = delivery.envelope.received_at_ms / 1000
         pending = _Pending(delivery.generation, delivery.tag, len(outcomes), received_at)
@@ -129,25 +136,23 @@ class Pipeline:
         self._idle.clear()
         self.stats.messages += 1
         self.metrics.message(delivery.redelivered)
+        write = self._write
         for outcome in outcomes:
             if not isinstance(outcome, DeadLetter):
                 self.metrics.consumed(outcome, received_at)
-            try:
-                future = await self.sink.send(outcome)
-            except Exception as exc:
-                self._retry(pending, outcome, exc)
-                continue
-            future.add_done_callback(partial(self._on_sent, pending, outcome))
+            write(outcome, (pending, outcome))
 
-    def _on_sent(self, pending: _Pending, outcome: Outcome, future: asyncio.Future[Any]) -> None:
-        exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
+    def _written(self, tokens: list[_Token], exc: BaseException | None) -> None:
+        """A batch is in Kafka (or failed: its records are retried one by one)."""
         if exc is not None:
-            self._retry(pending, outcome, exc)
+            for pending, outcome in tokens:
+                self._retry(pending, outcome, exc)
             return
         if self._kafka_failing:
             self._kafka_failing = False
             log.info("kafka sends succeed again")
-        self._confirmed(pending, outcome)
+        for pending, outcome in tokens:
+            self._confirmed(pending, outcome)
 
     def _retry(self, pending: _Pending, outcome: Outcome, exc: BaseException) -> None:
         if not self._kafka_failing:  # one line per state change, not one per record

@@ -1,19 +1,25 @@
-"""The Kafka side: an aiokafka producer (acks=all) and the topics it writes to."""
+"""The Kafka side: an aiokafka producer (acks=all) and the topics it writes to.
+
+Records go out in per-partition batches (`bridge.batches`); single sends remain for retries.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type
 
+from bridge.batches import BatchWriter, OnDone
 from bridge.codec import DeadLetter, Outcome
 from bridge.config import Config
 from bridge.errors import TransientError
+from bridge.partitions import partition_for
 from bridge.retry import backoff_policy
 from bridge.tls import kafka_security
 
@@ -23,6 +29,8 @@ _TOPIC_ALREADY_EXISTS = 36
 TOPIC_CHECK_SECONDS = 2.0
 _HEADROOM_BYTES = 65_536
 """Room for the key and headers above the largest body the bridge accepts."""
+
+Token = TypeVar("Token")
 
 
 def backoff(what: str) -> AsyncRetrying:
@@ -38,6 +46,8 @@ class KafkaSink:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._producer: AIOKafkaProducer | None = None
+        self._partitions: dict[str, list[int]] = {}
+        self._writers: list[BatchWriter[Any]] = []
 
     async def start(self) -> None:
         """Connect (retrying until Kafka answers) and create the topics that are missing."""
@@ -113,19 +123,47 @@ class KafkaSink:
             except (KafkaError, TransientError, OSError) as exc:
                 log.debug("checking the kafka topics failed: %s", exc)
 
-    async def send(self, outcome: Outcome) -> asyncio.Future[Any]:
-        """Queue one record; the future resolves when Kafka acknowledged it (acks=all)."""
+    async def refresh_partitions(self) -> None:
+        """Look up (from the producer's metadata, fetched when missing) the topics' partitions."""
         assert self._producer is not None, "start() first"
-        if isinstance(outcome, DeadLetter):
-            topic, key = self._config.dlq_topic, None
-        else:
-            topic, key = self._config.topic, outcome.key
+        for topic in (self._config.topic, self._config.dlq_topic):
+            self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
+
+    def writer(self, on_done: OnDone[Token]) -> Callable[[Outcome, Token], None]:
+        """A function that queues one record, after `refresh_partitions`; ``on_done`` gets the
+        tokens of each batch once Kafka acknowledged it (acks=all), or failed to."""
+        assert self._producer is not None, "start() first"
+        batches = BatchWriter(self._producer, self._config.kafka_linger_ms, on_done)
+        self._writers.append(batches)
+        partitions = self._partitions
+
+        def write(outcome: Outcome, token: Token) -> None:
+            topic, key = self._destination(outcome)
+            partition = partition_for(key, partitions[topic])
+            batches.append(
+                topic, partition, key=key, value=outcome.value, headers=outcome.headers, token=token
+            )
+
+        return write
+
+    async def send(self, outcome: Outcome) -> asyncio.Future[Any]:
+        """Queue one record on its own; the future resolves when Kafka acknowledged it."""
+        assert self._producer is not None, "start() first"
+        topic, key = self._destination(outcome)
         future: asyncio.Future[Any] = await self._producer.send(
             topic, outcome.value, key=key, headers=outcome.headers
         )
         return future
 
+    def _destination(self, outcome: Outcome) -> tuple[str, bytes | None]:
+        """Topic and key: dead letters have no key (they spread over the dead-letter topic)."""
+        if isinstance(outcome, DeadLetter):
+            return self._config.dlq_topic, None
+        return self._config.topic, outcome.key
+
     async def stop(self) -> None:
+        for batches in self._writers:
+            await batches.close()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

@@ -18,6 +18,7 @@ from kombu.connection import Connection
 from tenacity import Retrying, retry_if_exception_type
 
 from bridge.acks import AckOp
+from bridge.amqp_reads import BufferedTransport
 from bridge.codec import Envelope
 from bridge.config import Config
 from bridge.errors import ConfigError
@@ -132,11 +133,13 @@ class AmqpSource:
             with attempt:
                 if self._closed.is_set():
                     return None
+                ssl = amqp_ssl(self._config)
                 conn = Connection(
                     self._config.amqp_url,
+                    transport=None if ssl else BufferedTransport,
                     heartbeat=30,
                     connect_timeout=10,
-                    ssl=amqp_ssl(self._config),
+                    ssl=ssl,
                 )
                 conn.connect()
                 return conn

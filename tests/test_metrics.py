@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -20,6 +21,12 @@ PREFIX = "celery_kafka_bridge"
 
 class ConfirmingSink:
     """Kafka stand-in that confirms every record at once (pure pipeline logic)."""
+
+    async def refresh_partitions(self) -> None:
+        pass
+
+    def writer(self, on_done: Callable[[list[Any], None], None]) -> Callable[[Outcome, Any], None]:
+        return lambda _outcome, token: on_done([token], None)
 
     async def send(self, outcome: Outcome) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -45,7 +52,7 @@ async def test_the_pipeline_counts_events_dead_letters_acks_and_redeliveries() -
     for tag, (body, redelivered) in enumerate(
         [(event, False), (pair, True), (b"{nope", False)], start=1
     ):
-        await pipeline._publish(delivery(tag, body, redelivered))
+        pipeline._publish(delivery(tag, body, redelivered))
     assert await pipeline.drain(1.0)  # every record confirmed, every ack flushed
     assert value(metrics, "events_consumed_total", event_type="task-received") == 1
     assert value(metrics, "events_published_total", event_type="task-started") == 2

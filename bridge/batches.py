@@ -1,0 +1,109 @@
+"""Records into Kafka one batch per partition at a time: one future per batch, not per record.
+
+aiokafka's ``send()`` costs a coroutine, a partitioner call and a future per record; at tens of
+thousands of events per second that is most of the bridge's CPU. Here records are appended to
+an open batch per partition. A partition has at most one batch on its way to Kafka; while it
+is, the next one fills (as the producer's own accumulator merges records), so batches grow with
+the load and a lone record leaves after ``linger_ms``. A batch is closed when it is handed to
+``send_batch()``, so nothing is appended to a batch aiokafka may already be sending. Batches of
+a partition leave in the order their records were appended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaProducer
+
+from bridge.codec import Headers
+
+Token = TypeVar("Token")
+OnDone = Callable[[list[Token], BaseException | None], None]
+"""Called with the tokens of a batch's records, and the error if Kafka did not take them."""
+
+
+@dataclass(slots=True)
+class _Batch(Generic[Token]):
+    builder: Any
+    opened_at: float
+    tokens: list[Token] = field(default_factory=list)
+
+
+class BatchWriter(Generic[Token]):
+    """Per-partition batches of records, each reported to ``on_done`` when Kafka acked it."""
+
+    def __init__(self, producer: AIOKafkaProducer, linger_ms: int, on_done: OnDone[Token]) -> None:
+        self._producer = producer
+        self._linger = linger_ms / 1000
+        self._on_done = on_done
+        self._batches: dict[tuple[str, int], deque[_Batch[Token]]] = {}
+        self._submitters: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._loop = asyncio.get_running_loop()
+
+    def append(
+        self,
+        topic: str,
+        partition: int,
+        *,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        token: Token,
+    ) -> None:
+        """Add a record to the partition's open batch; ``token`` comes back with its outcome."""
+        tp = (topic, partition)
+        batches = self._batches.get(tp)
+        if batches is None:
+            batches = self._batches[tp] = deque()
+        if not batches or not self._add(batches[-1], key, value, headers):
+            batches.append(_Batch(self._producer.create_batch(), self._loop.time()))
+            if not self._add(batches[-1], key, value, headers):
+                raise ValueError(f"a record of {len(value)} bytes does not fit in a batch")
+        batches[-1].tokens.append(token)
+        if tp not in self._submitters:
+            self._submitters[tp] = self._loop.create_task(self._submit(tp, batches))
+
+    @staticmethod
+    def _add(batch: _Batch[Token], key: bytes | None, value: bytes, headers: Headers) -> bool:
+        """Append to the batch; False when it is full (or closed)."""
+        added = batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+        return added is not None
+
+    async def _submit(self, tp: tuple[str, int], batches: deque[_Batch[Token]]) -> None:
+        """Hand the partition's batches to aiokafka in order, each once the last one is acked."""
+        topic, partition = tp
+        try:
+            while batches:
+                batch = batches[0]
+                wait = batch.opened_at + self._linger - self._loop.time()
+                if len(batches) == 1 and wait > 0:
+                    await asyncio.sleep(wait)  # the open batch fills for linger_ms
+                batches.popleft()
+                batch.builder.close()
+                try:
+                    sent = await self._producer.send_batch(
+                        batch.builder, topic, partition=partition
+                    )
+                except Exception as exc:
+                    self._on_done(batch.tokens, exc)
+                    continue
+                sent.add_done_callback(partial(self._sent, batch.tokens))
+                await asyncio.wait((sent,))  # meanwhile the next batch fills
+        finally:
+            del self._submitters[tp]
+
+    def _sent(self, tokens: list[Token], future: asyncio.Future[Any]) -> None:
+        exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
+        self._on_done(tokens, exc)
+
+    async def close(self) -> None:
+        """Stop handing batches over; what was not handed over stays unconfirmed."""
+        tasks = list(self._submitters.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
