@@ -1,19 +1,27 @@
 """Prometheus metrics of one bridge process, in a registry of its own.
 
-The pipeline calls these methods per event (~10k/s), so labelled children are looked up once and
-cached, the in-flight gauge is read only when scraped, and the last-seen time per worker lives in
-a plain dict exported by a collector at scrape time.
+The pipeline calls these methods per event (tens of thousands a second), so the per-event
+counters and histograms are plain numbers, updated without locks by the event loop thread (the
+only writer, which also serves the scrapes) and exported by a collector at scrape time; so are
+the last-seen times per worker. The in-flight gauge is read only when scraped.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from bridge.codec import EventRecord
 
@@ -36,37 +44,32 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         metric: dict[str, Any] = {"namespace": NAMESPACE, "registry": self.registry}
-        self._consumed = Counter(
-            "events_consumed", "Events decoded from AMQP messages.", ["event_type"], **metric
+        self._consumed = _Counter(
+            "events_consumed", "Events decoded from AMQP messages.", "event_type"
         )
-        self._published = Counter(
-            "events_published", "Events Kafka confirmed (acks=all).", ["event_type"], **metric
+        self._published = _Counter(
+            "events_published", "Events Kafka confirmed (acks=all).", "event_type"
         )
-        self._messages = Counter("amqp_messages_consumed", "AMQP messages received.", **metric)
+        self._messages = _Counter("amqp_messages_consumed", "AMQP messages received.")
+        self._latency = _Histogram(
+            "publish_latency_seconds",
+            "From AMQP receipt to Kafka acknowledgement, per event.",
+            _LATENCY_BUCKETS,
+        )
+        self._age = _Histogram(
+            "event_age_seconds",
+            "From the worker's event timestamp to Kafka acknowledgement (includes clock skew).",
+            _AGE_BUCKETS,
+        )
         self._acked = Counter("amqp_messages_acked", "AMQP messages acked.", **metric)
         self._redelivered = Counter(
             "amqp_messages_redelivered", "AMQP messages received flagged redelivered.", **metric
         )
-        self._dead = Counter(
-            "dead_letters",
-            "Records Kafka confirmed on the dead-letter topic.",
-            ["reason"],
-            **metric,
+        self._dead = _Counter(
+            "dead_letters", "Records Kafka confirmed on the dead-letter topic.", "reason"
         )
         self._retries = Counter(
             "kafka_send_retries", "Kafka sends that failed and were retried.", **metric
-        )
-        self._latency = Histogram(
-            "publish_latency_seconds",
-            "From AMQP receipt to Kafka acknowledgement, per event.",
-            buckets=_LATENCY_BUCKETS,
-            **metric,
-        )
-        self._age = Histogram(
-            "event_age_seconds",
-            "From the worker's event timestamp to Kafka acknowledgement (includes clock skew).",
-            buckets=_AGE_BUCKETS,
-            **metric,
         )
         self.in_flight = Gauge(
             "in_flight_messages", "AMQP messages taken but not yet confirmed by Kafka.", **metric
@@ -97,9 +100,18 @@ class Metrics:
         """The latest worker-online/heartbeat per hostname (received at, body), parsed only by
         the watchdog."""
         self.registry.register(_LastSeenCollector(self.last_seen))
-        self._consumed_by_type: dict[str, Any] = {}
-        self._published_by_type: dict[str, Any] = {}
-        self._dead_by_reason: dict[str, Any] = {}
+        self.registry.register(
+            _Exported(
+                [
+                    self._consumed,
+                    self._published,
+                    self._messages,
+                    self._dead,
+                    self._latency,
+                    self._age,
+                ]
+            )
+        )
 
     def watch_in_flight(self, read: Callable[[], int]) -> None:
         """Read the in-flight count when scraped instead of on every change."""
@@ -111,7 +123,7 @@ class Metrics:
             self._redelivered.inc()
 
     def consumed(self, record: EventRecord, received_at: float) -> None:
-        _child(self._consumed, self._consumed_by_type, record.event_type).inc()
+        self._consumed.inc(record.event_type)
         hostname = record.hostname
         if hostname is not None:
             self.last_seen[hostname] = received_at
@@ -122,13 +134,13 @@ class Metrics:
 
     def published(self, record: EventRecord, received_at: float) -> None:
         now = time.time()
-        _child(self._published, self._published_by_type, record.event_type).inc()
+        self._published.inc(record.event_type)
         self._latency.observe(now - received_at)
         if record.timestamp is not None:
             self._age.observe(max(0.0, now - record.timestamp))
 
     def dead_lettered(self, reason: str) -> None:
-        _child(self._dead, self._dead_by_reason, reason).inc()
+        self._dead.inc(reason)
 
     def acked(self, count: int) -> None:
         self._acked.inc(count)
@@ -145,13 +157,66 @@ class Metrics:
                 self.last_task_event.pop(hostname, None)
 
 
-def _child(metric: Any, cache: dict[str, Any], label: str) -> Any:
-    child = cache.get(label)
-    if child is None:
-        if len(cache) >= MAX_LABELS:
-            return metric.labels("other")
-        child = cache[label] = metric.labels(label)
-    return child
+class _Counter:
+    """A counter with at most one label, as a dict of plain ints."""
+
+    def __init__(self, name: str, documentation: str, label: str | None = None) -> None:
+        self._name = f"{NAMESPACE}_{name}"
+        self._documentation = documentation
+        self._label = label
+        self._values: dict[str, int] = {}
+
+    def inc(self, label: str = "", amount: int = 1) -> None:
+        values = self._values
+        if label in values:
+            values[label] += amount
+        elif len(values) < MAX_LABELS:
+            values[label] = amount
+        else:
+            values["other"] = values.get("other", 0) + amount
+
+    def collect(self) -> Metric:
+        labels = [self._label] if self._label else []
+        family = CounterMetricFamily(self._name, self._documentation, labels=labels)
+        for label, value in list(self._values.items()):
+            family.add_metric([label] if self._label else [], value)
+        if not self._label and not self._values:
+            family.add_metric([], 0)
+        return family
+
+
+class _Histogram:
+    """A histogram as plain bucket counts: one bisect per observation."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self._name = f"{NAMESPACE}_{name}"
+        self._documentation = documentation
+        self._bounds = list(buckets)
+        self._counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def collect(self) -> Metric:
+        cumulative, total = [], 0
+        labels = [*map(floatToGoString, self._bounds), "+Inf"]
+        for bound, count in zip(labels, self._counts, strict=True):
+            total += count
+            cumulative.append((bound, total))
+        return HistogramMetricFamily(
+            self._name, self._documentation, buckets=cumulative, sum_value=self._sum
+        )
+
+
+class _Exported(Collector):
+    def __init__(self, metrics: list[_Counter | _Histogram]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._metrics:
+            yield metric.collect()
 
 
 class _LastSeenCollector(Collector):

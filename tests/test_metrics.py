@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -114,3 +115,18 @@ def test_counters_say_n_after_n_events_and_a_poison_message_moves_the_dead_lette
         > 0
     )
     assert bridge.metric(f"{PREFIX}_in_flight_messages") == 0
+
+
+def test_histogram_buckets_are_cumulative_and_include_their_upper_bound() -> None:
+    metrics = Metrics()
+    record = EventRecord(None, b"{}", [], "task-started", timestamp=None)
+    for latency in (0.001, 0.0011, 0.02, 100.0):  # on a bound, just above it, mid, beyond all
+        metrics.published(record, time.time() - latency)
+    bucket = "publish_latency_seconds_bucket"
+    assert value(metrics, bucket, le="0.001") <= 1  # the receipt-to-now clock moves on a bit
+    assert value(metrics, bucket, le="0.0025") == 2
+    assert value(metrics, bucket, le="0.025") == 3
+    assert value(metrics, bucket, le="60.0") == 3
+    assert value(metrics, bucket, le="+Inf") == 4
+    assert value(metrics, "publish_latency_seconds_count") == 4
+    assert value(metrics, "publish_latency_seconds_sum") >= 100.0211
