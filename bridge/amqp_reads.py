@@ -2,19 +2,26 @@
 
 py-amqp's TCP transport reads each frame with exact-size ``recv`` calls (header, payload, end
 byte): nine per message, and each one releases and takes back the GIL that the event loop
-thread is competing for. This transport asks the socket for up to 64 KiB at a time and serves
-frames from what it got. TLS connections keep py-amqp's own transport.
+thread is competing for; around each frame it also sets and restores the socket timeout. This
+transport asks the socket for up to 64 KiB at a time and serves whole frames from what it got
+without touching the socket. TLS connections keep py-amqp's own transport. It overrides
+py-amqp 5's transport internals (``_read``, ``_read_buffer``, ``read_frame``,
+``having_timeout``), hence the pin on amqp<6; tests/test_amqp_reads.py checks the framing.
 """
 
 from __future__ import annotations
 
 import errno
+import struct
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from amqp.transport import TCPTransport
 from kombu.transport import pyamqp
 
 _CHUNK = 65_536
+_FRAME_HEADER = struct.Struct(">BHI")  # type, channel, payload size
+_FRAME_END = 0xCE
 
 
 class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]
@@ -31,6 +38,31 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]
     @_read_buffer.setter
     def _read_buffer(self, value: bytes) -> None:
         self._buffer, self._offset = value, 0
+
+    def _frame_at_offset(self) -> tuple[int, int, int] | None:
+        """Type, channel and end of the frame at the read offset, if it is all buffered."""
+        buffer, offset = self._buffer, self._offset
+        if len(buffer) - offset < 8:
+            return None
+        frame_type, channel, size = _FRAME_HEADER.unpack_from(buffer, offset)
+        end = offset + 7 + size
+        return (frame_type, channel, end) if end < len(buffer) else None
+
+    def having_timeout(self, timeout: float | None) -> AbstractContextManager[Any]:
+        """py-amqp's socket timeout around a read, skipped when a whole frame is buffered."""
+        if self._frame_at_offset() is not None:
+            return nullcontext(self.sock)
+        return super().having_timeout(timeout)  # type: ignore[no-any-return]
+
+    def read_frame(self, unpack: Any = struct.unpack) -> tuple[int, int, bytes]:
+        """The next frame: straight from the buffer when it holds all of it."""
+        frame = self._frame_at_offset()
+        if frame is None or self._buffer[frame[2]] != _FRAME_END:
+            return super().read_frame(unpack)  # type: ignore[no-any-return]  # reads, or raises
+        frame_type, channel, end = frame
+        payload = self._buffer[self._offset + 7 : end]
+        self._offset = end + 1
+        return frame_type, channel, payload
 
     def _read(
         self, n: int, initial: bool = False, _errnos: tuple[int, ...] = (errno.EAGAIN, errno.EINTR)

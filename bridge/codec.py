@@ -79,11 +79,15 @@ def event_id(event: dict[str, Any]) -> str:
 
 def record_key(event: dict[str, Any]) -> bytes | None:
     """The task uuid for task events, else the worker hostname, else no key."""
-    for field in ("uuid", "hostname"):
-        value = event.get(field)
-        if isinstance(value, str) and value:
-            return value.encode()
-    return None
+    return _key(_utf8(event.get("uuid")), _utf8(event.get("hostname")))
+
+
+def _key(task_id: bytes | None, hostname: bytes | None) -> bytes | None:
+    return task_id or hostname or None
+
+
+def _utf8(value: Any) -> bytes | None:
+    return value.encode() if isinstance(value, str) else None
 
 
 def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
@@ -98,10 +102,13 @@ def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
     if isinstance(parsed, DeadLetter):
         return [parsed]
     payload, raw = parsed
+    received_at = str(envelope.received_at_ms).encode()
     if isinstance(payload, dict):
-        return [_judge(envelope, payload, raw, index=None)]
+        return [_judge(envelope, received_at, payload, raw, index=None)]
     if isinstance(payload, list) and payload:
-        return [_judge(envelope, item, None, index=i) for i, item in enumerate(payload)]
+        return [
+            _judge(envelope, received_at, item, None, index=i) for i, item in enumerate(payload)
+        ]
     if isinstance(payload, list):
         return [_dead(envelope, Reason.EMPTY_LIST, "list holds no events", body)]
     kind = type(payload).__name__
@@ -123,43 +130,48 @@ def _parse(envelope: Envelope) -> tuple[Any, bytes | None] | DeadLetter:
     return _dead(envelope, Reason.UNSUPPORTED_CONTENT_TYPE, detail, body)
 
 
-def _judge(envelope: Envelope, item: Any, raw: bytes | None, index: int | None) -> Outcome:
+def _judge(
+    envelope: Envelope, received_at: bytes, item: Any, raw: bytes | None, index: int | None
+) -> Outcome:
     """One decoded event (or list element) as a record, or a dead letter saying why not."""
-    extra = [] if index is None else [("index", str(index).encode())]
     if not isinstance(item, dict):
         detail = f"element is a {type(item).__name__}"
-        return _dead(envelope, Reason.NOT_AN_OBJECT, detail, _reencode(item), extra)
+        return _dead(envelope, Reason.NOT_AN_OBJECT, detail, _reencode(item), _index(index))
     event_type = item.get("type")
     if not isinstance(event_type, str) or not event_type:
-        return _dead(
-            envelope, Reason.MISSING_TYPE, "no string 'type' field", _reencode(item), extra
-        )
+        detail = "no string 'type' field"
+        return _dead(envelope, Reason.MISSING_TYPE, detail, _reencode(item), _index(index))
     try:
         eid = event_id(item)
         value = raw if raw is not None else orjson.dumps(item)
     except (TypeError, orjson.JSONEncodeError) as exc:
-        return _dead(envelope, Reason.UNENCODABLE, str(exc), _reencode(item), extra)
-    headers: Headers = [("event_type", event_type.encode())]
+        return _dead(envelope, Reason.UNENCODABLE, str(exc), _reencode(item), _index(index))
     hostname = item.get("hostname")
-    if isinstance(hostname, str):
-        headers.append(("hostname", hostname.encode()))
-    task_id = item.get("uuid")
-    if isinstance(task_id, str):
-        headers.append(("task_id", task_id.encode()))
-    headers += [
+    host = _utf8(hostname)
+    task_id = _utf8(item.get("uuid"))
+    headers: Headers = [("event_type", event_type.encode())]
+    if host is not None:
+        headers.append(("hostname", host))
+    if task_id is not None:
+        headers.append(("task_id", task_id))
+    headers += (
         ("event_id", eid.encode()),
         ("content_type", _JSON_HEADER),
-        ("received_at", str(envelope.received_at_ms).encode()),
-    ]
+        ("received_at", received_at),
+    )
     timestamp = item.get("timestamp")
     return EventRecord(
-        record_key(item),
+        _key(task_id, host),
         value,
         headers,
         event_type,
-        hostname if isinstance(hostname, str) else None,
+        hostname if host is not None else None,
         float(timestamp) if isinstance(timestamp, int | float) else None,
     )
+
+
+def _index(index: int | None) -> Headers:
+    return [] if index is None else [("index", str(index).encode())]
 
 
 def _reencode(item: Any) -> bytes:

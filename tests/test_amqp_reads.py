@@ -7,6 +7,7 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from amqp.exceptions import UnexpectedFrame
 
 from bridge.amqp_reads import BufferedTCPTransport
 
@@ -58,4 +59,14 @@ def test_a_closed_peer_is_an_error(pair: tuple[BufferedTCPTransport, socket.sock
     transport, peer = pair
     peer.close()
     with pytest.raises(OSError, match="unexpectedly closed"):
+        transport.read_frame()
+
+
+def test_a_frame_with_a_bad_end_byte_is_refused_as_py_amqp_does(
+    pair: tuple[BufferedTCPTransport, socket.socket],
+) -> None:
+    transport, peer = pair
+    peer.sendall(frame(1, b"ok") + frame(2, b"bad")[:-1] + b"\x00" + frame(3, b"more"))
+    assert transport.read_frame() == (1, 1, b"ok")
+    with pytest.raises(UnexpectedFrame):
         transport.read_frame()
