@@ -96,7 +96,10 @@ class Config(BaseSettings):
     )
     kafka_compression: Compression = Field("none", description="Kafka record compression.")
     kafka_linger_ms: int = Field(
-        5, ge=0, description="How long the producer waits to fill a batch."
+        0,
+        ge=0,
+        description="Extra wait to fill a batch; batches also fill while the previous one of "
+        "their partition is in flight.",
     )
     kafka_batch_bytes: int = Field(
         262_144, ge=1024, description="Largest Kafka record batch per partition, in bytes."
