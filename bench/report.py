@@ -30,8 +30,8 @@ NOTES = (
     "5 s and the queue could not be filled from another connection.",
     "(b) consumes a queue declared exactly like the bridge's (same type and arguments), with "
     "the bridge's prefetch, and acks each message.",
-    "Latency: 'to send' is the record's CreateTime (set by the bridge's producer when it hands "
-    "the record over, before Kafka acks it) minus the event's timestamp: a lower bound of "
+    "Latency: 'to send' is the record's CreateTime (set when the bridge appends the record to "
+    "its batch, before Kafka acks it) minus the event's timestamp: a lower bound of "
     "event-to-ack. 'to consumer' is when a Kafka consumer (explicit assignment, 10 ms fetch "
     "wait) received it minus the event's timestamp: an upper bound. Both include the time the "
     "dispatcher buffered task events into task.multi lists, as a worker does.",
