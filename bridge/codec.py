@@ -19,6 +19,7 @@ JSON_CONTENT_TYPE = "application/json"
 MSGPACK_CONTENT_TYPES = frozenset({"application/x-msgpack", "application/msgpack"})
 _JSON_HEADER = JSON_CONTENT_TYPE.encode()
 _MAX_ERROR_CHARS = 300
+_NUMBER = (int, float)  # a tuple: isinstance with an `int | float` union is twice as slow
 
 Headers = list[tuple[str, bytes]]
 
@@ -35,7 +36,7 @@ class Reason(StrEnum):
     UNENCODABLE = "unencodable"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Envelope:
     """What the AMQP side received: the raw body and how it was labelled."""
 
@@ -46,9 +47,9 @@ class Envelope:
     received_at_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EventRecord:
-    """One event, ready for the events topic."""
+    """One event, ready for the events topic (not frozen: a frozen init costs 4x, per event)."""
 
     key: bytes | None
     value: bytes
@@ -166,7 +167,7 @@ def _judge(
         headers,
         event_type,
         hostname if host is not None else None,
-        float(timestamp) if isinstance(timestamp, int | float) else None,
+        float(timestamp) if isinstance(timestamp, _NUMBER) else None,
     )
 
 

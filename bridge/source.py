@@ -43,7 +43,7 @@ _MAX_BATCH = 512
 _STABLE_SESSION_SECONDS = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
     """One AMQP message; ``generation`` names the channel its delivery tag belongs to."""
 
