@@ -14,7 +14,11 @@ from dataclasses import dataclass
 
 from bench.drains import RssSampler, Setup, bridge_config, consuming_since, replicas
 from bench.kafka import Arrivals, arrivals_recorder, read
-from tests.support import ROOT
+from bridge.embedded import free_port
+from tests.support import ROOT, BridgeProcess
+
+ACK_WITHIN_SECONDS = 0.025
+"""A bucket bound of the bridge's event-age histogram: the p99 target, read exactly."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class Latency:
     received: int
     to_send: Percentiles
     to_consumer: Percentiles
+    acked_within_25ms_pct: float
+    """Share of events Kafka acked within 25 ms of their timestamp (the bridge's histogram)."""
     peak_rss_mb: float
 
 
@@ -88,13 +94,16 @@ async def _measure(
 
 def run_rate(setup: Setup, index: int, rate: float, seconds: float) -> tuple[Latency, Arrivals]:
     """One bridge replica under ``rate`` events/s for ``seconds``."""
-    config = bridge_config(setup, f"{setup.prefix}-l{index}")
+    config = bridge_config(setup, f"{setup.prefix}-l{index}").model_copy(
+        update={"http_port": free_port()}
+    )
     events = max(1, int(rate * seconds))
     with replicas(setup, config, 1) as procs, RssSampler([procs[0].pid]) as rss:
         consuming_since(procs)
         arrivals, received, sent, took = asyncio.run(
             _measure(setup, config.topic, config.event_exchange, events, rate)
         )
+        acked_within = _acked_within(procs[0])
         procs[0].signal(signal.SIGTERM)
         procs[0].wait(60)
     latency = Latency(
@@ -104,9 +113,18 @@ def run_rate(setup: Setup, index: int, rate: float, seconds: float) -> tuple[Lat
         received=received,
         to_send=Percentiles.of(arrivals.to_send_ms),
         to_consumer=Percentiles.of(arrivals.to_consumer_ms),
+        acked_within_25ms_pct=acked_within,
         peak_rss_mb=round(rss.peak_mb, 1),
     )
     return latency, arrivals
+
+
+def _acked_within(proc: BridgeProcess) -> float:
+    """Percent of events whose timestamp-to-Kafka-ack time was within `ACK_WITHIN_SECONDS`."""
+    name = "celery_kafka_bridge_event_age_seconds"
+    count = proc.metric(f"{name}_count")
+    within = proc.metric(f"{name}_bucket", le=str(ACK_WITHIN_SECONDS))
+    return round(100.0 * within / count, 2) if count else 0.0
 
 
 def run_rates(setup: Setup, rates: list[float], seconds: float) -> list[tuple[Latency, Arrivals]]:

@@ -44,7 +44,8 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     assert latency["rate"] == 200
     assert latency["received"] >= latency["sent"] == 400
     assert 0 < latency["to_consumer"]["p50"] <= latency["to_consumer"]["max"]
-    assert len(report["targets"]) == 3
+    assert 0 < latency["acked_within_25ms_pct"] <= 100, "read from the bridge's histogram"
+    assert len(report["targets"]) == 4
 
     markdown = (tmp_path / "results.md").read_text()
     assert "| (c) bridge x1" in markdown and "Ratios: c/a = " in markdown
