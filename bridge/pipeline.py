@@ -64,6 +64,8 @@ class Pipeline:
     sink: Sender
     max_message_bytes: int
     post_acks: Callable[[int, list[AckOp]], None]
+    batch_processed: Callable[[], None] = lambda: None
+    """Told after each accepted batch is published, so the source hands off the next at once."""
     stats: Stats = field(default_factory=Stats)
     metrics: Metrics = field(default_factory=Metrics)
 
@@ -109,6 +111,7 @@ class Pipeline:
                     await self.sink.refresh_partitions()
             for delivery in batch:
                 self._publish(delivery)
+            self.batch_processed()
 
     async def drain(self, timeout: float) -> bool:
         """Take nothing new; wait up to ``timeout`` for Kafka to confirm what is in flight."""

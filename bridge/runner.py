@@ -91,7 +91,9 @@ async def _run_bridge(
     if not await _until_stopped(sink.start(), stop):
         return
     source = AmqpSource(config, topology_for(config))
-    pipeline = Pipeline(sink, config.max_message_bytes, source.post_acks, metrics=metrics)
+    pipeline = Pipeline(
+        sink, config.max_message_bytes, source.post_acks, source.batch_processed, metrics=metrics
+    )
     listener = _LoopListener(loop, pipeline, health)
     work = asyncio.gather(pipeline.run(), _status_lines(pipeline), sink.watch_topics())
     source.start(listener)

@@ -36,7 +36,8 @@ from bridge.topology import (
 log = logging.getLogger(__name__)
 
 _LINGER_SECONDS = 0.001
-"""How long a partial batch waits for the next message before it is handed off."""
+"""While the event loop is busy, how long a partial batch waits for the next message before it
+is handed off anyway. While the loop is idle, a batch is handed off at once."""
 _POLL_SECONDS = 0.01
 """Idle wait between checks for acks to apply; bounds the ack latency."""
 _MAX_BATCH = 512
@@ -75,6 +76,8 @@ class AmqpSource:
         self._stop_consuming = threading.Event()
         self._generation = 0
         self._batch: list[Delivery] = []
+        self._handed_off = 0  # batches handed to the event loop (written by this thread only)
+        self._processed = 0  # of those, how many it has processed (written by the loop only)
         self._last_delivered = 0
         self._acked_through = 0  # every delivery up to this tag is acked (multiple-acks only)
         self._thread = threading.Thread(target=self._run, name="amqp-source", daemon=True)
@@ -87,6 +90,10 @@ class AmqpSource:
     def stop_consuming(self) -> None:
         """Take no new messages; acks are still applied until `close`."""
         self._stop_consuming.set()
+
+    def batch_processed(self) -> None:
+        """The event loop is done with a handed-off batch (called on the loop thread)."""
+        self._processed += 1
 
     def post_acks(self, generation: int, ops: list[AckOp]) -> None:
         """Queue acks for the source thread (thread-safe); stale generations are dropped there."""
@@ -199,6 +206,8 @@ class AmqpSource:
             self._drain_once(conn)
 
     def _drain_once(self, conn: Any) -> None:
+        if self._batch and self._processed == self._handed_off:
+            self._hand_off()  # the loop is idle: waiting for more would only add latency
         try:
             conn.drain_events(timeout=_LINGER_SECONDS if self._batch else _POLL_SECONDS)
         except TimeoutError:
@@ -210,6 +219,7 @@ class AmqpSource:
     def _hand_off(self) -> None:
         if self._batch:
             batch, self._batch = self._batch, []
+            self._handed_off += 1
             self._listener.on_deliveries(batch)
 
     def _on_message(self, message: Any) -> None:
