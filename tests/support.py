@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -380,6 +381,7 @@ def publish_events(
     hostname = hostname or f"loadgen-{uuid.uuid4().hex[:6]}@test"
     started = time.monotonic()
     with app.connection_for_write() as conn:
+        confirms = _Confirms(conn.default_channel)
         single = app.events.Dispatcher(conn, hostname=hostname)
         grouped = app.events.Dispatcher(
             conn, hostname=hostname, buffer_group=["task"], buffer_limit=4
@@ -403,14 +405,52 @@ def publish_events(
                 if ahead > 0:
                     time.sleep(ahead)
         grouped.flush()
-        # A synchronous round trip before closing, as a long-lived worker connection would
-        # have: RabbitMQ 3.10 quorum queues can drop the last messages of a publisher that
-        # closes its channel straight after publishing without confirms.
-        conn.default_channel.exchange_declare(exchange, "topic", durable=True, passive=True)
+        # RabbitMQ 3.10 quorum queues can drop the last messages of a publisher that closes
+        # its channel straight after publishing: wait until the broker confirmed every one.
+        confirms.wait(conn, timeout=60)
         single.close()
         grouped.close()
     app.close()
     return count
+
+
+class _Confirms:
+    """Publisher confirms on a py-amqp channel: counts what is published and what is acked."""
+
+    def __init__(self, channel: Any) -> None:
+        self.published = 0
+        self._acked_through = 0  # every tag up to this one is confirmed
+        self._acked: set[int] = set()
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+        publish = channel.basic_publish
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.published += 1
+            return publish(*args, **kwargs)
+
+        channel.basic_publish = counted  # what Celery's dispatcher calls, through kombu
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self._acked_through = max(self._acked_through, tag)
+        else:
+            self._acked.add(tag)
+        while self._acked_through + 1 in self._acked:
+            self._acked_through += 1
+            self._acked.discard(self._acked_through)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        raise AssertionError(f"RabbitMQ refused published message {tag}")
+
+    def wait(self, conn: Any, timeout: float) -> None:
+        """Drain the connection until every published message is confirmed."""
+        deadline = time.monotonic() + timeout
+        while self._acked_through < self.published:
+            assert time.monotonic() < deadline, "publisher confirms did not arrive"
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=1)
 
 
 def event_ids(records: Iterable[KafkaRecord]) -> set[str]:
