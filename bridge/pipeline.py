@@ -109,6 +109,8 @@ class Pipeline:
             async for attempt in backoff("kafka metadata"):
                 with attempt:
                     await self.sink.refresh_partitions()
+            if self._closing:  # drain began while waiting: leave the batch unacked
+                return
             for delivery in batch:
                 self._publish(delivery)
             self.batch_processed()
