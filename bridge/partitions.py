@@ -9,9 +9,10 @@ from functools import lru_cache
 from aiokafka.partitioner import murmur2
 
 
-@lru_cache(maxsize=65_536)
+@lru_cache(maxsize=4096)
 def _hash(key: bytes) -> int:
-    """murmur2 is pure Python in aiokafka; a task's several events share one key."""
+    """murmur2 is pure Python in aiokafka; a task's several events, which arrive within
+    seconds of each other, share one key (4,096 keys: about 1 MB)."""
     return int(murmur2(key)) & 0x7FFFFFFF
 
 

@@ -113,11 +113,16 @@ class AmqpSource:
                     return
                 started = time.monotonic()
                 wait = 0.0
+                self._last_delivered = 0
                 try:
                     self._session(conn)
                 except (*conn.connection_errors, *conn.channel_errors) as exc:
-                    # A session that fails straight away would fail again: back off.
-                    quick = time.monotonic() - started < _STABLE_SESSION_SECONDS
+                    # A session that fails straight away would fail again: back off. One that
+                    # delivered messages worked (a cut connection): reconnect at once.
+                    quick = (
+                        not self._last_delivered
+                        and time.monotonic() - started < _STABLE_SESSION_SECONDS
+                    )
                     quick_failures = quick_failures + 1 if quick else 0
                     wait = min(15.0, 0.5 * 2**quick_failures) if quick else 0.0
                     log.warning("amqp disconnected: %s; reconnecting in %.1fs", describe(exc), wait)
@@ -170,7 +175,7 @@ class AmqpSource:
         channel.basic_qos(0, self._config.prefetch, False)
         self._generation += 1
         self._acks.clear()
-        self._last_delivered = self._acked_through = 0
+        self._acked_through = 0
         self._listener.on_attached(self._generation)
         consumers = consumers_for(self._config, conn, channel, self._on_message)
         consumers.start(queues)

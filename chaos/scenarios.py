@@ -30,6 +30,8 @@ EVENTS_PER_MESSAGE = 4
 """The most events one message of the load carries (Celery's dispatcher buffers up to 4)."""
 SETTLE_SECONDS = 120.0
 """How long Kafka is read for the last events after the load ended."""
+RECONNECT_SECONDS = 5.0
+"""A cut AMQP connection is back within this long: a session that worked reconnects at once."""
 MAX_RSS_MIB = 250.0
 
 
@@ -291,6 +293,11 @@ def cut_amqp(profile: Profile, ctx: Context) -> Result:
             result.recovery_s = max(recoveries, default=None)
             result.check("bridge still running, never restarted", bridge.alive())
             result.check("every cut hit a connection", hits >= profile.cuts, hits)
+            result.check(
+                "consuming again within 5 s of every cut",
+                result.recovery_s is not None and result.recovery_s < RECONNECT_SECONDS,
+                result.recovery_s,
+            )
             result.check("bridge queue drained", stage.wait_drained(30))
             result.figures.update(
                 cuts=len(cuts),
