@@ -78,7 +78,9 @@ class ShardBalancer:
     tells nobody. A replica learns it is active on a shard from the first delivery there, and
     stays so until it cancels. Every few seconds it counts the replicas R (consumers of the
     replicas queue) and, active on more than ceil(K/R) shards, cancels and consumes the extra
-    ones again: that moves it to the back of their lines, and the next replica takes them.
+    ones again: that moves it to the back of their lines, and the next replica takes them. It
+    does so only while nothing it took is unacked, so the next replica cannot write a shard's
+    later events to Kafka before this one's in-flight earlier ones.
     """
 
     def __init__(
@@ -103,10 +105,11 @@ class ShardBalancer:
             replicas_queue(self._config), no_ack=True, callback=_ignore
         )
 
-    def check(self) -> None:
-        """Give up the shards beyond this replica's share (at most every few seconds)."""
+    def check(self, idle: bool) -> None:
+        """Give up the shards beyond this replica's share (at most every few seconds), at a
+        moment when every delivery so far is acked (``idle``)."""
         now = time.monotonic()
-        if now < self._next_check:
+        if now < self._next_check or not idle:
             return
         self._next_check = now + _BALANCE_SECONDS
         replicas = self._replicas()

@@ -205,7 +205,7 @@ class AmqpSource:
             if now >= next_heartbeat_check:  # once a second, not once per message
                 conn.heartbeat_check()
                 if consuming:
-                    consumers.check()
+                    consumers.check(idle=self._acked_through >= self._last_delivered)
                     retirer.check(self._last_delivered, self._acked_through)
                 next_heartbeat_check = now + 1.0
             self._drain_once(conn)

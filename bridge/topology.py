@@ -26,7 +26,7 @@ class Consumers(Protocol):
     """The consumers of a session on the declared queues; called on the source thread."""
 
     def start(self, queues: list[str]) -> None: ...
-    def check(self) -> None: ...
+    def check(self, idle: bool) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -44,7 +44,7 @@ class PlainConsumers:
             for queue in queues
         ]
 
-    def check(self) -> None:
+    def check(self, idle: bool) -> None:
         """Nothing to rebalance."""
 
     def stop(self) -> None:
