@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from bridge import heap
 from bridge.audit_cli import COMMANDS
 from bridge.config import Config
 from bridge.demo import run_demo
@@ -40,6 +41,7 @@ def run(**flags: Any) -> None:
     """Drain Celery's events from RabbitMQ into Kafka until SIGTERM/SIGINT."""
     config = load_config(flags)
     setup_logging(config.log_level, config.log_format)
+    heap.settle()
     try:
         asyncio.run(run_bridge(config))
     except ConfigError as exc:

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from functools import lru_cache
 
-from aiokafka.partitioner import murmur2
+from murmurhash2 import murmurhash2
 
-
-@lru_cache(maxsize=4096)
-def _hash(key: bytes) -> int:
-    """murmur2 is pure Python in aiokafka; a task's several events, which arrive within
-    seconds of each other, share one key (4,096 keys: about 1 MB)."""
-    return int(murmur2(key)) & 0x7FFFFFFF
+_KAFKA_SEED = 0x9747B28C
+"""The seed of Kafka's murmur2 (Java's ``Utils.murmur2``, aiokafka's ``murmur2``)."""
 
 
 def partition_for(key: bytes | None, partitions: Sequence[int]) -> int:
@@ -21,4 +16,4 @@ def partition_for(key: bytes | None, partitions: Sequence[int]) -> int:
     partition count, over ``partitions`` sorted by id; a random partition for no key."""
     if key is None:
         return random.choice(partitions)
-    return partitions[_hash(key) % len(partitions)]
+    return partitions[(murmurhash2(key, _KAFKA_SEED) & 0x7FFFFFFF) % len(partitions)]
