@@ -18,6 +18,7 @@ from kombu.connection import Connection
 from tenacity import Retrying, retry_if_exception_type
 
 from bridge.acks import AckOp
+from bridge.amqp_frames import fast_frame_handler
 from bridge.amqp_reads import BufferedTransport
 from bridge.codec import Envelope
 from bridge.config import Config
@@ -152,6 +153,7 @@ class AmqpSource:
                     heartbeat=30,
                     connect_timeout=10,
                     ssl=ssl,
+                    transport_options={"frame_handler": fast_frame_handler},
                 )
                 conn.connect()
                 return conn
@@ -192,6 +194,7 @@ class AmqpSource:
         )
         consuming = True
         next_heartbeat_check = 0.0
+        amqp_connection = conn.connection  # py-amqp's own: kombu adds three calls per drain
         while True:
             if consuming and self._stop_consuming.is_set():
                 consumers.stop()
@@ -208,13 +211,13 @@ class AmqpSource:
                     consumers.check(idle=self._acked_through >= self._last_delivered)
                     retirer.check(self._last_delivered, self._acked_through)
                 next_heartbeat_check = now + 1.0
-            self._drain_once(conn)
+            self._drain_once(amqp_connection)
 
-    def _drain_once(self, conn: Any) -> None:
+    def _drain_once(self, amqp_connection: Any) -> None:
         if self._batch and self._processed == self._handed_off:
             self._hand_off()  # the loop is idle: waiting for more would only add latency
         try:
-            conn.drain_events(timeout=_LINGER_SECONDS if self._batch else _POLL_SECONDS)
+            amqp_connection.drain_events(timeout=_LINGER_SECONDS if self._batch else _POLL_SECONDS)
         except TimeoutError:
             self._hand_off()
             return
