@@ -17,11 +17,12 @@ import orjson
 
 JSON_CONTENT_TYPE = "application/json"
 MSGPACK_CONTENT_TYPES = frozenset({"application/x-msgpack", "application/msgpack"})
-_JSON_HEADER = JSON_CONTENT_TYPE.encode()
+_JSON_HEADER = ("content_type", JSON_CONTENT_TYPE.encode())
 _MAX_ERROR_CHARS = 300
 _NUMBER = (int, float)  # a tuple: isinstance with an `int | float` union is twice as slow
 
-Headers = list[tuple[str, bytes]]
+_Header = tuple[str, bytes]
+Headers = list[_Header]
 
 
 class Reason(StrEnum):
@@ -74,21 +75,25 @@ Outcome = EventRecord | DeadLetter
 
 def event_id(event: dict[str, Any]) -> str:
     """Deterministic id: BLAKE2b-128 of the event's canonical JSON (keys sorted, orjson)."""
-    canonical = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    return _digest(_canonical(event))
+
+
+def _canonical(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+
+
+def _digest(canonical: bytes) -> str:
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
 def record_key(event: dict[str, Any]) -> bytes | None:
     """The task uuid for task events, else the worker hostname, else no key."""
-    return _key(_utf8(event.get("uuid")), _utf8(event.get("hostname")))
-
-
-def _key(task_id: bytes | None, hostname: bytes | None) -> bytes | None:
-    return task_id or hostname or None
-
-
-def _utf8(value: Any) -> bytes | None:
-    return value.encode() if isinstance(value, str) else None
+    task_id, hostname = event.get("uuid"), event.get("hostname")
+    if isinstance(task_id, str) and task_id:
+        return task_id.encode()
+    if isinstance(hostname, str) and hostname:
+        return hostname.encode()
+    return None
 
 
 def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
@@ -103,7 +108,7 @@ def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
     if isinstance(parsed, DeadLetter):
         return [parsed]
     payload, raw = parsed
-    received_at = str(envelope.received_at_ms).encode()
+    received_at = ("received_at", str(envelope.received_at_ms).encode())
     if isinstance(payload, dict):
         return [_judge(envelope, received_at, payload, raw, index=None)]
     if isinstance(payload, list) and payload:
@@ -132,9 +137,13 @@ def _parse(envelope: Envelope) -> tuple[Any, bytes | None] | DeadLetter:
 
 
 def _judge(
-    envelope: Envelope, received_at: bytes, item: Any, raw: bytes | None, index: int | None
+    envelope: Envelope, received_at: _Header, item: Any, raw: bytes | None, index: int | None
 ) -> Outcome:
-    """One decoded event (or list element) as a record, or a dead letter saying why not."""
+    """One decoded event (or list element) as a record, or a dead letter saying why not.
+
+    ``raw`` is the message body when it holds exactly this one event: it is written as is.
+    Otherwise the value is the canonical JSON that ``event_id`` hashes, so it is encoded once.
+    """
     if not isinstance(item, dict):
         detail = f"element is a {type(item).__name__}"
         return _dead(envelope, Reason.NOT_AN_OBJECT, detail, _reencode(item), _index(index))
@@ -143,30 +152,31 @@ def _judge(
         detail = "no string 'type' field"
         return _dead(envelope, Reason.MISSING_TYPE, detail, _reencode(item), _index(index))
     try:
-        eid = event_id(item)
-        value = raw if raw is not None else orjson.dumps(item)
+        canonical = _canonical(item)
     except (TypeError, orjson.JSONEncodeError) as exc:
         return _dead(envelope, Reason.UNENCODABLE, str(exc), _reencode(item), _index(index))
-    hostname = item.get("hostname")
-    host = _utf8(hostname)
-    task_id = _utf8(item.get("uuid"))
+    # The headers in contract order: event_type, hostname, task_id (when strings), then the rest.
     headers: Headers = [("event_type", event_type.encode())]
-    if host is not None:
-        headers.append(("hostname", host))
-    if task_id is not None:
-        headers.append(("task_id", task_id))
-    headers += (
-        ("event_id", eid.encode()),
-        ("content_type", _JSON_HEADER),
-        ("received_at", received_at),
-    )
+    key = None
+    hostname = item.get("hostname")
+    if isinstance(hostname, str):
+        key = hostname.encode()
+        headers.append(("hostname", key))
+    else:
+        hostname = None
+    task_id = item.get("uuid")
+    if isinstance(task_id, str):
+        task_key = task_id.encode()
+        headers.append(("task_id", task_key))
+        key = task_key or key
+    headers += (("event_id", _digest(canonical).encode()), _JSON_HEADER, received_at)
     timestamp = item.get("timestamp")
     return EventRecord(
-        _key(task_id, host),
-        value,
+        key or None,
+        canonical if raw is None else raw,
         headers,
         event_type,
-        hostname if host is not None else None,
+        hostname,
         float(timestamp) if isinstance(timestamp, _NUMBER) else None,
     )
 

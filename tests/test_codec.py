@@ -189,3 +189,13 @@ def test_any_bytes_decode_to_records_or_dead_letters_and_never_raise(
         assert isinstance(outcome, EventRecord | DeadLetter)
         if isinstance(outcome, EventRecord):
             assert isinstance(orjson.loads(outcome.value), dict)
+
+
+def test_a_list_element_is_written_as_the_canonical_json_its_event_id_hashes() -> None:
+    events = [{"type": "task-sent", "uuid": "u1", "b": 1, "a": 2}, {"type": "worker-heartbeat"}]
+    for event, outcome in zip(
+        events, decode(envelope(orjson.dumps(events), rk="task.multi"), MAX), strict=True
+    ):
+        assert isinstance(outcome, EventRecord)
+        assert outcome.value == orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+        assert dict(outcome.headers)["event_id"].decode() == event_id(orjson.loads(outcome.value))
