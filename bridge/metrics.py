@@ -8,7 +8,6 @@ the last-seen times per worker. The in-flight gauge is read only when scraped.
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -132,8 +131,8 @@ class Metrics:
             elif record.event_type.startswith(_TASK_EVENT_PREFIX):
                 self.last_task_event[hostname] = received_at
 
-    def published(self, record: EventRecord, received_at: float) -> None:
-        now = time.time()
+    def published(self, record: EventRecord, received_at: float, now: float) -> None:
+        """Kafka confirmed ``record`` at ``now`` (wall clock: one reading per Kafka batch)."""
         self._published.inc(record.event_type)
         self._latency.observe(now - received_at)
         if record.timestamp is not None:

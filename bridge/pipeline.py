@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -156,8 +157,9 @@ class Pipeline:
         if self._kafka_failing:
             self._kafka_failing = False
             log.info("kafka sends succeed again")
+        now = time.time()
         for pending, outcome in tokens:
-            self._confirmed(pending, outcome)
+            self._confirmed(pending, outcome, now)
 
     def _retry(self, pending: _Pending, outcome: Outcome, exc: BaseException) -> None:
         if not self._kafka_failing:  # one line per state change, not one per record
@@ -172,15 +174,15 @@ class Pipeline:
         async for attempt in backoff("kafka send"):
             with attempt:
                 await (await self.sink.send(outcome))
-        self._confirmed(pending, outcome)
+        self._confirmed(pending, outcome, time.time())
 
-    def _confirmed(self, pending: _Pending, outcome: Outcome) -> None:
+    def _confirmed(self, pending: _Pending, outcome: Outcome, now: float) -> None:
         if isinstance(outcome, DeadLetter):
             self.stats.dead_letters += 1
             self.metrics.dead_lettered(outcome.reason)
         else:
             self.stats.events += 1
-            self.metrics.published(outcome, pending.received_at)
+            self.metrics.published(outcome, pending.received_at, now)
         pending.remaining -= 1
         if pending.remaining:
             return
