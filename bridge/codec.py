@@ -89,11 +89,14 @@ def _digest(canonical: bytes) -> str:
 def record_key(event: dict[str, Any]) -> bytes | None:
     """The task uuid for task events, else the worker hostname, else no key."""
     task_id, hostname = event.get("uuid"), event.get("hostname")
-    if isinstance(task_id, str) and task_id:
-        return task_id.encode()
-    if isinstance(hostname, str) and hostname:
-        return hostname.encode()
-    return None
+    return _key(
+        task_id.encode() if isinstance(task_id, str) else None,
+        hostname.encode() if isinstance(hostname, str) else None,
+    )
+
+
+def _key(task_id: bytes | None, hostname: bytes | None) -> bytes | None:
+    return task_id or hostname or None
 
 
 def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
@@ -157,22 +160,21 @@ def _judge(
         return _dead(envelope, Reason.UNENCODABLE, str(exc), _reencode(item), _index(index))
     # The headers in contract order: event_type, hostname, task_id (when strings), then the rest.
     headers: Headers = [("event_type", event_type.encode())]
-    key = None
+    host = task_id = None
     hostname = item.get("hostname")
     if isinstance(hostname, str):
-        key = hostname.encode()
-        headers.append(("hostname", key))
+        host = hostname.encode()
+        headers.append(("hostname", host))
     else:
         hostname = None
-    task_id = item.get("uuid")
-    if isinstance(task_id, str):
-        task_key = task_id.encode()
-        headers.append(("task_id", task_key))
-        key = task_key or key
+    uuid = item.get("uuid")
+    if isinstance(uuid, str):
+        task_id = uuid.encode()
+        headers.append(("task_id", task_id))
     headers += (("event_id", _digest(canonical).encode()), _JSON_HEADER, received_at)
     timestamp = item.get("timestamp")
     return EventRecord(
-        key or None,
+        _key(task_id, host),
         canonical if raw is None else raw,
         headers,
         event_type,
