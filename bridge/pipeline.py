@@ -19,7 +19,7 @@ from bridge.batches import OnDone
 from bridge.codec import DeadLetter, Outcome, decode
 from bridge.logs import describe
 from bridge.metrics import Metrics
-from bridge.sink import backoff
+from bridge.sink import backoff, retried
 from bridge.source import Delivery
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,7 @@ class Pipeline:
             batch = await self._inbox.get()
             if batch is None:
                 return
-            async for attempt in backoff("kafka metadata"):
-                with attempt:
-                    await self.sink.refresh_partitions()
+            await retried("kafka metadata", self.sink.refresh_partitions)
             if self._closing:  # drain began while waiting: leave the batch unacked
                 return
             for delivery in batch:
