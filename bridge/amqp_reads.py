@@ -29,6 +29,9 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]
 
     _buffer: bytes = b""
     _offset: int = 0
+    _checked: tuple[bytes, int, tuple[int, int, int]] | None = None
+    """The whole frame `having_timeout` found buffered (with the buffer and offset it was found
+    at, so a later read cannot use it stale), for the `read_frame` that follows it."""
 
     @property
     def _read_buffer(self) -> bytes:
@@ -50,13 +53,19 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]
 
     def having_timeout(self, timeout: float | None) -> AbstractContextManager[Any]:
         """py-amqp's socket timeout around a read, skipped when a whole frame is buffered."""
-        if self._frame_at_offset() is not None:
+        frame = self._frame_at_offset()
+        if frame is not None:
+            self._checked = (self._buffer, self._offset, frame)
             return nullcontext(self.sock)
         return super().having_timeout(timeout)  # type: ignore[no-any-return]
 
     def read_frame(self, unpack: Any = struct.unpack) -> tuple[int, int, bytes]:
         """The next frame: straight from the buffer when it holds all of it."""
-        frame = self._frame_at_offset()
+        checked = self._checked
+        if checked is not None and checked[0] is self._buffer and checked[1] == self._offset:
+            frame: tuple[int, int, int] | None = checked[2]
+        else:
+            frame = self._frame_at_offset()
         if frame is None or self._buffer[frame[2]] != _FRAME_END:
             return super().read_frame(unpack)  # type: ignore[no-any-return]  # reads, or raises
         frame_type, channel, end = frame

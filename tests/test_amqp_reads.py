@@ -70,3 +70,18 @@ def test_a_frame_with_a_bad_end_byte_is_refused_as_py_amqp_does(
     assert transport.read_frame() == (1, 1, b"ok")
     with pytest.raises(UnexpectedFrame):
         transport.read_frame()
+
+
+def test_the_frame_found_before_a_read_is_not_used_once_the_buffer_changed(
+    pair: tuple[BufferedTCPTransport, socket.socket],
+) -> None:
+    transport, peer = pair
+    peer.sendall(frame(1, b"first") + frame(2, b"second"))
+    assert transport.read_frame() == (1, 1, b"first")  # fills the buffer from the socket
+    with transport.having_timeout(1.0):  # finds "second" whole in the buffer
+        # Put back so that the stale frame's end byte would fall on this frame's end byte.
+        put_back = b"p" * 19
+        transport._read_buffer = frame(3, put_back) + frame(2, b"second")
+        assert transport.read_frame() == (1, 3, put_back)
+    with transport.having_timeout(1.0):
+        assert transport.read_frame() == (1, 2, b"second")
