@@ -14,6 +14,9 @@ from bridge.queues import queue_state
 log = logging.getLogger(__name__)
 
 
+_RESCAN_SECONDS = 5.0
+
+
 class QueueRetirer:
     """Drains the queues of other topologies and deletes each once nothing in it can be lost.
 
@@ -24,6 +27,12 @@ class QueueRetirer:
     (longer than a replica's shutdown grace, so a stopping replica's unacked messages have come
     back by then). Quorum queues cannot be deleted with if-empty, hence the settling. Anything
     that comes back resumes the draining.
+
+    A replica still on an old topology that (re)starts during a rollout declares its queue
+    again and unbinds this replica's. So the other topologies' queues and exchanges are looked
+    for again every few seconds, and whenever one is found, and just before a delete,
+    ``reassert`` declares and binds this replica's own topology again: the events always have a
+    queue that some replica drains.
     """
 
     def __init__(
@@ -32,33 +41,47 @@ class QueueRetirer:
         channel: Any,
         exchange: str,
         on_message: Callable[[Any], None],
+        *,
+        reassert: Callable[[], object],
         settle_seconds: float,
     ) -> None:
         self._conn = conn
         self._channel = channel
         self._exchange = exchange
         self._on_message = on_message
+        self._reassert = reassert
         self._settle_seconds = settle_seconds
+        self._queues: list[str] = []
+        self._exchanges: list[str] = []
+        self._next_scan = 0.0
         self._draining: dict[str, str] = {}
         self._cancelled: dict[str, tuple[int, float]] = {}
 
     def start(self, queues: list[str], exchanges: list[str]) -> None:
         """Retire ``queues``; ``exchanges`` feed some of them and are deleted first."""
+        self._queues, self._exchanges = queues, exchanges
+        self._scan()
+
+    def _scan(self) -> None:
+        self._next_scan = time.monotonic() + _RESCAN_SECONDS
+        exchanges = [e for e in self._exchanges if self._exchange_exists(e)]
+        queues = [q for q in self._queues if queue_state(self._conn, q) is not None]
+        if exchanges or queues:
+            self._reassert()
         for exchange in exchanges:
-            if self._exchange_exists(exchange):
-                self._channel.exchange_delete(exchange)
-                log.info(
-                    "retired exchange %s of another topology: its queues get no more", exchange
-                )
+            self._channel.exchange_delete(exchange)
+            log.info("retired exchange %s of another topology: its queues get no more", exchange)
         for queue in queues:
-            if queue_state(self._conn, queue) is not None:
-                self._channel.queue_unbind(queue, self._exchange, "#")
+            self._channel.queue_unbind(queue, self._exchange, "#")
+            if queue not in self._draining and queue not in self._cancelled:
                 log.info("retiring queue %s of another topology: unbound, draining it", queue)
                 self._consume(queue)
 
     def check(self, last_delivered_tag: int, acked_through: int) -> None:
         """Advance each retiring queue: stop consuming when drained, delete when settled."""
         now = time.monotonic()
+        if now >= self._next_scan:
+            self._scan()
         for queue, tag in list(self._draining.items()):
             state = queue_state(self._conn, queue)
             if state is None or state == (0, 1):
@@ -74,6 +97,7 @@ class QueueRetirer:
                 continue
             del self._cancelled[queue]
             if state == (0, 0):
+                self._reassert()
                 self._channel.queue_delete(queue)
                 log.info("retired queue %s: drained and deleted", queue)
             elif state is not None:

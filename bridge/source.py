@@ -186,6 +186,7 @@ class AmqpSource:
             channel,
             self._config.event_exchange,
             self._on_message,
+            reassert=lambda: self._topology.declare(channel, version),
             settle_seconds=self._config.shutdown_grace_seconds + 5,
         )
         retirer.start(other_topology_queues(self._config), other_topology_exchanges(self._config))

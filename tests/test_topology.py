@@ -174,6 +174,31 @@ def test_switching_topology_drains_the_old_queue_then_deletes_it_and_loses_nothi
     poll(lambda: rabbit.queue_state(names.queue)[0] == 0, 30, what="new queue drained")
 
 
+def test_an_old_replica_restarting_mid_switch_cannot_leave_the_exchange_feeding_nothing(
+    names: Names,
+    kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+) -> None:
+    old_queue = f"{names.queue}.competing"
+    start_bridge(BRIDGE_SHUTDOWN_GRACE_SECONDS="2")  # the default topology: ordered
+    # A replica still on the old topology restarts during the rollout: it binds the old queue
+    # again and unbinds the new one, then goes.
+    old = start_bridge(BRIDGE_TOPOLOGY="competing")
+    poll(lambda: f"retiring queue {names.queue} " in old.log(), 20, what="the new queue unbound")
+    old.signal(signal.SIGTERM)
+    assert old.wait(20) == 0
+    publish_events(names.exchange, 500)  # into the old queue, the only one bound
+    poll(lambda: not rabbit.queue_exists(old_queue), 60, what="the old queue retired")
+    publish_events(names.exchange, 500)  # only the new queue can take these
+    expected = sent_event_ids(rabbit.drain(witness))
+    records = read_topic(
+        kafka.bootstrap_servers, names.topic, until=lambda rs: expected <= event_ids(rs), timeout=60
+    )
+    assert not expected - event_ids(records), "events lost after the old queue was retired"
+
+
 def test_a_queue_declared_with_other_arguments_stops_the_bridge_with_one_line_and_exit_2(
     names: Names, rabbit: Rabbit, start_bridge: BridgeFactory
 ) -> None:
