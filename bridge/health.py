@@ -14,6 +14,7 @@ from typing import Any
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from kombu.connection import Connection
+from kombu.exceptions import OperationalError
 
 from bridge.config import Config
 from bridge.logs import describe
@@ -161,7 +162,7 @@ class _QueuePoller:
                 conn.default_channel.queue_declare(queue=queue, passive=True)[1:]
                 for queue in config.event_queues
             ]
-        except (OSError, *conn.connection_errors, *conn.channel_errors) as exc:
+        except (OSError, OperationalError, *conn.connection_errors, *conn.channel_errors) as exc:
             # The queue may not exist yet, or RabbitMQ is away: the consumer side reports that.
             log.debug("polling the queue depth failed: %s", describe(exc))
             self.close()

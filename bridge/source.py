@@ -142,21 +142,26 @@ class AmqpSource:
             sleep=self._sleep,
             **backoff_policy(f"amqp connect to {mask_credentials(self._config.amqp_url)}"),
         )
-        for attempt in retrying:
-            with attempt:
-                if self._closed.is_set():
-                    return None
-                ssl = amqp_ssl(self._config)
-                conn = Connection(
-                    self._config.amqp_url,
-                    transport=None if ssl else BufferedTransport,
-                    heartbeat=30,
-                    connect_timeout=10,
-                    ssl=ssl,
-                    transport_options={"frame_handler": fast_frame_handler},
-                )
-                conn.connect()
-                return conn
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if self._closed.is_set():
+                        return None
+                    ssl = amqp_ssl(self._config)
+                    conn = Connection(
+                        self._config.amqp_url,
+                        transport=None if ssl else BufferedTransport,
+                        heartbeat=30,
+                        connect_timeout=10,
+                        ssl=ssl,
+                        transport_options={"frame_handler": fast_frame_handler},
+                    )
+                    conn.connect()
+                    return conn
+        except Exception:
+            if not self._closed.is_set():
+                raise
+            # Told to stop while the broker was away: a clean stop, not a failure.
         return None
 
     def _sleep(self, seconds: float) -> None:
