@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from typing import Any
 
@@ -16,6 +17,8 @@ from bridge.errors import ConfigError
 from bridge.logs import describe, setup_logging
 from bridge.options import setting_options
 from bridge.runner import run_bridge
+
+log = logging.getLogger(__name__)
 
 config_options = setting_options(*Config.model_fields)
 """One flag per `Config` field; a flag given on the command line beats the variable."""
@@ -44,11 +47,11 @@ def run(**flags: Any) -> None:
     heap.settle()
     try:
         asyncio.run(run_bridge(config))
-    except ConfigError as exc:
-        click.echo(f"celery-kafka-bridge: {exc}", err=True)
+    except ConfigError as exc:  # found once connected, e.g. a queue with other arguments
+        log.critical("%s", exc)
         sys.exit(2)
     except Exception as exc:
-        click.echo(f"celery-kafka-bridge: stopped by {describe(exc)}", err=True)
+        log.critical("stopped by %s", describe(exc))
         sys.exit(1)
 
 

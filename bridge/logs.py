@@ -57,4 +57,8 @@ def setup_logging(level: str, log_format: Literal["auto", "json", "text"] = "aut
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.captureWarnings(True)  # so a warning is a JSON line too, not a stray text line
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    # The bridge logs each Kafka state change itself; aiokafka repeats a connection error
+    # every second while a broker is away. Its lines are kept for DEBUG.
+    logging.getLogger("aiokafka").setLevel(
+        root.level if root.level <= logging.DEBUG else logging.CRITICAL
+    )

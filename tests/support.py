@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -44,6 +45,11 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    """A bridge log, one JSON object a line (fails on any line that is not one)."""
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def poll(

@@ -11,12 +11,13 @@ import psutil
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge.codec import Reason
-from bridge.embedded import EmbeddedKafka
+from bridge.embedded import EmbeddedKafka, free_port
 from tests.conftest import BridgeFactory
 from tests.support import (
     Names,
     Rabbit,
     event_ids,
+    json_lines,
     poll,
     publish_events,
     read_topic,
@@ -169,6 +170,27 @@ def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
     publisher.join(60)
     start_bridge()
     assert_nothing_lost(kafka, names, rabbit, witness)
+
+
+def test_sigterm_while_rabbitmq_is_unreachable_exits_zero(start_bridge: BridgeFactory) -> None:
+    nowhere = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    bridge = start_bridge(wait=False, BRIDGE_AMQP_URL=nowhere, BRIDGE_LOG_LEVEL="DEBUG")
+    poll(lambda: "retrying in" in bridge.log(), 30, what="a failed connection, retried")
+    poll(lambda: "polling the queue depth failed" in bridge.log(), 30, what="a failed poll")
+    bridge.signal(signal.SIGTERM)
+    assert bridge.wait(15) == 0, bridge.log()[-2_000:]
+
+
+def test_a_kafka_that_is_away_is_logged_once_per_retry_and_sigterm_exits_zero(
+    start_bridge: BridgeFactory,
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    bridge = start_bridge(wait=False, BRIDGE_KAFKA_BOOTSTRAP_SERVERS=nowhere)
+    poll(lambda: bridge.log().count("retrying in") >= 2, 30, what="two failed connections")
+    bridge.signal(signal.SIGTERM)
+    assert bridge.wait(15) == 0, bridge.log()[-2_000:]
+    loggers = {line["logger"] for line in json_lines(bridge.log())}
+    assert "aiokafka" not in loggers, "aiokafka repeats what the bridge already said"
 
 
 def test_an_empty_kafka_replacing_the_old_one_gets_the_topics_back_and_the_stream_resumes(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 
 from bridge.config import Config
 from tests.conftest import BridgeFactory
-from tests.support import Names, poll, publish_events
+from tests.support import Names, json_lines, poll, publish_events
 
 
 @pytest.fixture
@@ -25,10 +24,6 @@ def amqp_user(names: Names) -> Iterator[tuple[str, str]]:
     )
     yield user, password
     subprocess.run(["rabbitmqctl", "-q", "delete_user", user], check=True)
-
-
-def json_lines(text: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in text.splitlines()]
 
 
 def test_a_bridge_run_logs_json_lines_for_each_state_and_never_the_password(

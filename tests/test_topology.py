@@ -23,6 +23,7 @@ from tests.support import (
     Rabbit,
     event_ids,
     events_of,
+    json_lines,
     poll,
     publish_events,
     read_topic,
@@ -205,5 +206,5 @@ def test_a_queue_declared_with_other_arguments_stops_the_bridge_with_one_line_an
     rabbit.channel.queue_declare(names.queue, durable=True, auto_delete=False)  # classic
     bridge = start_bridge(wait=False)  # quorum by default
     assert bridge.wait(60) == 2
-    (line,) = [ln for ln in bridge.log().splitlines() if ln.startswith("celery-kafka-bridge:")]
-    assert "exists with other arguments" in line
+    (line,) = [ln for ln in json_lines(bridge.log()) if ln["level"] == "CRITICAL"]
+    assert "exists with other arguments" in str(line["message"])
