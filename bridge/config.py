@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.errors import ConfigError
@@ -133,16 +133,18 @@ class Config(BaseSettings):
     )
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
-    kafka_ssl_cafile: Path | None = Field(
+    kafka_ssl_cafile: FilePath | None = Field(
         None, description="CA bundle to verify the Kafka brokers; system CAs if unset."
     )
-    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
-    kafka_ssl_keyfile: Path | None = Field(None, description="Key of the client certificate.")
-    amqp_ssl_cafile: Path | None = Field(
+    kafka_ssl_certfile: FilePath | None = Field(
+        None, description="Client certificate (mutual TLS)."
+    )
+    kafka_ssl_keyfile: FilePath | None = Field(None, description="Key of the client certificate.")
+    amqp_ssl_cafile: FilePath | None = Field(
         None, description="CA bundle to verify RabbitMQ (amqps://); system CAs if unset."
     )
-    amqp_ssl_certfile: Path | None = Field(None, description="Client certificate for RabbitMQ.")
-    amqp_ssl_keyfile: Path | None = Field(
+    amqp_ssl_certfile: FilePath | None = Field(None, description="Client certificate for RabbitMQ.")
+    amqp_ssl_keyfile: FilePath | None = Field(
         None, description="Key of the RabbitMQ client certificate."
     )
     enable_events_on_start: bool = Field(
@@ -169,8 +171,10 @@ class Config(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _valid_amqp_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in {"amqp", "amqps", "pyamqp"}:
+        url = urlsplit(value)
+        if url.scheme not in {"amqp", "amqps", "pyamqp"}:
             raise ValueError("must be an amqp:// or amqps:// URL")
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number in range
         return value
 
     @field_validator("kafka_bootstrap_servers")
@@ -213,15 +217,19 @@ class Config(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        p = ENV_PREFIX
         if self.delivery_limit is not None and self.queue_type != "quorum":
-            raise ValueError("delivery_limit needs queue_type quorum")
+            raise ValueError(f"{p}DELIVERY_LIMIT needs {p}QUEUE_TYPE=quorum")
         amqp_tls = (self.amqp_ssl_cafile, self.amqp_ssl_certfile, self.amqp_ssl_keyfile)
         if any(amqp_tls) and urlsplit(self.amqp_url).scheme != "amqps":
-            raise ValueError("amqp_ssl_* settings need an amqps:// URL")
+            raise ValueError(f"{p}AMQP_SSL_* settings need an amqps:// {p}AMQP_URL")
         if self.kafka_security_protocol.startswith("SASL") and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
-            raise ValueError("SASL needs kafka_sasl_username and kafka_sasl_password")
+            raise ValueError(
+                f"{p}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                f"{p}KAFKA_SASL_USERNAME and {p}KAFKA_SASL_PASSWORD"
+            )
         return self
 
     def __repr_args__(self) -> Any:
@@ -259,7 +267,9 @@ def secret_files(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line naming the first bad setting by its environment variable."""
+    """One line naming the first bad setting by its environment variable (a check across
+    settings names them in its message)."""
     error = exc.errors()[0]
-    name = str(error["loc"][0]) if error["loc"] else "?"
-    return f"invalid setting {ENV_PREFIX}{name.upper()}: {error['msg']}"
+    if not error["loc"]:
+        return f"invalid settings: {error.get('ctx', {}).get('error', error['msg'])}"
+    return f"invalid setting {ENV_PREFIX}{str(error['loc'][0]).upper()}: {error['msg']}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from bridge.errors import ConfigError
 from bridge.health import Health
 from bridge.metrics import Metrics
 
@@ -30,5 +31,11 @@ async def serve(port: int, metrics: Metrics, health: Health) -> web.AppRunner:
     app.router.add_get("/metrics", metrics_page)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, port=port).start()
+    try:
+        await web.TCPSite(runner, port=port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"invalid setting BRIDGE_HTTP_PORT: cannot listen on {port}: {exc.strerror}"
+        ) from exc
     return runner

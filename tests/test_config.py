@@ -47,7 +47,11 @@ def test_a_secret_is_read_from_its_file(monkeypatch: pytest.MonkeyPatch, tmp_pat
         ({"BRIDGE_QUEUE_TYPE": "stream"}, "BRIDGE_QUEUE_TYPE"),
         ({"BRIDGE_AMQP_URL": "http://x"}, "BRIDGE_AMQP_URL"),
         ({"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": "kafka"}, "BRIDGE_KAFKA_BOOTSTRAP_SERVERS"),
-        ({"BRIDGE_QUEUE_TYPE": "classic", "BRIDGE_DELIVERY_LIMIT": "5"}, "delivery_limit"),
+        ({"BRIDGE_AMQP_URL": "amqp://rabbit:notaport//"}, "BRIDGE_AMQP_URL"),
+        (
+            {"BRIDGE_QUEUE_TYPE": "classic", "BRIDGE_DELIVERY_LIMIT": "5"},
+            "BRIDGE_DELIVERY_LIMIT needs BRIDGE_QUEUE_TYPE=quorum",
+        ),
         ({"BRIDGE_AMQP_URL_FILE": "/nonexistent"}, "BRIDGE_AMQP_URL_FILE"),
         ({"BRIDGE_NO_SUCH_FILE": "/x"}, "BRIDGE_NO_SUCH_FILE"),
     ],

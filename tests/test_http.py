@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import psutil
 
 from bridge.embedded import EmbeddedKafka
 from tests.conftest import BridgeFactory
-from tests.support import BridgeProcess, poll
+from tests.support import BridgeProcess, json_lines, poll
 
 PREFIX = "celery_kafka_bridge"
 
@@ -56,3 +57,16 @@ def test_readiness_drops_while_kafka_is_frozen_and_returns_on_its_own(
         broker.resume()
     poll(lambda: ready(bridge), 20, what="ready again after the thaw")
     assert "not ready: kafka" in bridge.log()
+
+
+def test_a_port_already_taken_stops_the_bridge_with_one_line_naming_it_and_exit_2(
+    start_bridge: BridgeFactory,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # the bridge listens on every interface
+        taken.listen()
+        port = taken.getsockname()[1]
+        bridge = start_bridge(wait=False, BRIDGE_HTTP_PORT=str(port))
+        assert bridge.wait(30) == 2
+    (line,) = [ln for ln in json_lines(bridge.log()) if ln["level"] == "CRITICAL"]
+    assert f"BRIDGE_HTTP_PORT: cannot listen on {port}" in str(line["message"])

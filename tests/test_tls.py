@@ -146,8 +146,9 @@ async def test_kafka_sasl_ssl_settings_reach_the_producer(
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"amqp_ssl_cafile": "/ca.pem"}, "need an amqps:// URL"),
-        ({"kafka_security_protocol": "SASL_PLAINTEXT"}, "SASL needs"),
+        ({"amqp_ssl_cafile": __file__}, r"BRIDGE_AMQP_SSL_\* settings need an amqps://"),
+        ({"kafka_security_protocol": "SASL_PLAINTEXT"}, "needs BRIDGE_KAFKA_SASL_USERNAME"),
+        ({"kafka_ssl_cafile": "/no/such/ca.pem"}, "BRIDGE_KAFKA_SSL_CAFILE: Path does not"),
         ({"kafka_sasl_mechanism": "GSSAPI"}, "KAFKA_SASL_MECHANISM"),
     ],
 )
