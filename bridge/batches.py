@@ -7,6 +7,10 @@ is, the next one fills (as the producer's own accumulator merges records), so ba
 the load and a lone record leaves after ``linger_ms``. A batch is closed when it is handed to
 ``send_batch()``, so nothing is appended to a batch aiokafka may already be sending. Batches of
 a partition leave in the order their records were appended.
+
+A batch Kafka did not take is sent again, rebuilt from its records, with backoff, until it is
+taken; the partition's later batches wait meanwhile, so a failure never reorders a partition
+(a task's events stay in order through a Kafka outage).
 """
 
 from __future__ import annotations
@@ -19,12 +23,19 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaProducer
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from bridge.codec import Headers
+from bridge.retry import backoff_wait
 
 Token = TypeVar("Token")
-OnDone = Callable[[list[Token], BaseException | None], None]
-"""Called with the tokens of a batch's records, and the error if Kafka did not take them."""
+OnDone = Callable[[list[Token]], None]
+"""Called with the tokens of a batch's records once Kafka acknowledged them."""
+OnFailed = Callable[[int, BaseException], None]
+"""Called with the number of records of a batch Kafka did not take (sent again after a
+backoff), and the error."""
+
+_Record = tuple[bytes | None, bytes, Headers]
 
 
 @dataclass(slots=True)
@@ -32,15 +43,23 @@ class _Batch(Generic[Token]):
     builder: Any
     opened_at: float
     tokens: list[Token] = field(default_factory=list)
+    records: list[_Record] = field(default_factory=list)
 
 
 class BatchWriter(Generic[Token]):
     """Per-partition batches of records, each reported to ``on_done`` when Kafka acked it."""
 
-    def __init__(self, producer: AIOKafkaProducer, linger_ms: int, on_done: OnDone[Token]) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        linger_ms: int,
+        on_done: OnDone[Token],
+        on_failed: OnFailed,
+    ) -> None:
         self._producer = producer
         self._linger = linger_ms / 1000
         self._on_done = on_done
+        self._on_failed = on_failed
         self._batches: dict[tuple[str, int], deque[_Batch[Token]]] = {}
         self._submitters: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._loop = asyncio.get_running_loop()
@@ -64,7 +83,9 @@ class BatchWriter(Generic[Token]):
             batches.append(_Batch(self._producer.create_batch(), self._loop.time()))
             if not self._add(batches[-1], key, value, headers):
                 raise ValueError(f"a record of {len(value)} bytes does not fit in a batch")
-        batches[-1].tokens.append(token)
+        batch = batches[-1]
+        batch.tokens.append(token)
+        batch.records.append((key, value, headers))
         if tp not in self._submitters:
             self._submitters[tp] = self._loop.create_task(self._submit(tp, batches))
 
@@ -76,7 +97,6 @@ class BatchWriter(Generic[Token]):
 
     async def _submit(self, tp: tuple[str, int], batches: deque[_Batch[Token]]) -> None:
         """Hand the partition's batches to aiokafka in order, each once the last one is acked."""
-        topic, partition = tp
         try:
             while batches:
                 batch = batches[0]
@@ -84,22 +104,41 @@ class BatchWriter(Generic[Token]):
                 if len(batches) == 1 and wait > 0:
                     await asyncio.sleep(wait)  # the open batch fills for linger_ms
                 batches.popleft()
-                batch.builder.close()
+                batch.builder.close()  # meanwhile the next batch fills
                 try:
-                    sent = await self._producer.send_batch(
-                        batch.builder, topic, partition=partition
-                    )
+                    await self._send([batch.builder], tp)
                 except Exception as exc:
-                    self._on_done(batch.tokens, exc)
-                    continue
-                sent.add_done_callback(partial(self._sent, batch.tokens))
-                await asyncio.wait((sent,))  # meanwhile the next batch fills
+                    self._on_failed(len(batch.records), exc)
+                    retrying = AsyncRetrying(
+                        wait=backoff_wait(),
+                        retry=retry_if_exception_type(Exception),
+                        before_sleep=partial(self._failed_again, len(batch.records)),
+                    )
+                    await retrying(self._send_again, batch.records, tp)
+                self._on_done(batch.tokens)
         finally:
             del self._submitters[tp]
 
-    def _sent(self, tokens: list[Token], future: asyncio.Future[Any]) -> None:
-        exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
-        self._on_done(tokens, exc)
+    async def _send(self, builders: list[Any], tp: tuple[str, int]) -> None:
+        topic, partition = tp
+        for builder in builders:
+            await (await self._producer.send_batch(builder, topic, partition=partition))
+
+    async def _send_again(self, records: list[_Record], tp: tuple[str, int]) -> None:
+        """The records in new batches: a batch aiokafka had cannot be sent twice. More than
+        one batch if the new timestamps make the records outgrow one."""
+        builders = [self._producer.create_batch()]
+        for key, value, headers in records:
+            if builders[-1].append(timestamp=None, key=key, value=value, headers=headers) is None:
+                builders.append(self._producer.create_batch())
+                builders[-1].append(timestamp=None, key=key, value=value, headers=headers)
+        for builder in builders:
+            builder.close()
+        await self._send(builders, tp)
+
+    def _failed_again(self, records: int, state: RetryCallState) -> None:
+        assert state.outcome is not None
+        self._on_failed(records, state.outcome.exception())  # type: ignore[arg-type]
 
     async def close(self) -> None:
         """Stop handing batches over; what was not handed over stays unconfirmed."""

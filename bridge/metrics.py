@@ -68,7 +68,9 @@ class Metrics:
             "dead_letters", "Records Kafka confirmed on the dead-letter topic.", "reason"
         )
         self._retries = Counter(
-            "kafka_send_retries", "Kafka sends that failed and were retried.", **metric
+            "kafka_send_retries",
+            "Records of batches Kafka did not take, once per attempt (each is sent again).",
+            **metric,
         )
         self.in_flight = Gauge(
             "in_flight_messages", "AMQP messages taken but not yet confirmed by Kafka.", **metric
@@ -144,8 +146,8 @@ class Metrics:
     def acked(self, count: int) -> None:
         self._acked.inc(count)
 
-    def retried_send(self) -> None:
-        self._retries.inc()
+    def retried_send(self, records: int) -> None:
+        self._retries.inc(records)
 
     def forget_workers(self, now: float) -> None:
         """Drop workers not seen for `WORKER_TTL_SECONDS` (autoscaled hosts come and go)."""

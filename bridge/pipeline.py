@@ -12,14 +12,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from bridge.acks import AckOp, AckTracker
-from bridge.batches import OnDone
+from bridge.batches import OnDone, OnFailed
 from bridge.codec import DeadLetter, Outcome, decode
 from bridge.logs import describe
 from bridge.metrics import Metrics
-from bridge.sink import backoff, retried
+from bridge.sink import retried
 from bridge.source import Delivery
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,9 @@ _Token = tuple["_Pending", Outcome]
 
 class Sender(Protocol):
     async def refresh_partitions(self) -> None: ...
-    def writer(self, on_done: OnDone[_Token]) -> Callable[[Outcome, _Token], None]: ...
-    async def send(self, outcome: Outcome) -> asyncio.Future[Any]: ...
+    def writer(
+        self, on_done: OnDone[_Token], on_failed: OnFailed
+    ) -> Callable[[Outcome, _Token], None]: ...
 
 
 @dataclass
@@ -79,10 +80,9 @@ class Pipeline:
         self._idle.set()
         self._closing = False
         self._ack_scheduled = False
-        self._retries: set[asyncio.Task[None]] = set()
         self._kafka_failing = False
         self.metrics.watch_in_flight(lambda: self._in_flight)
-        self._write = self.sink.writer(self._written)
+        self._write = self.sink.writer(self._written, self._failed)
 
     @property
     def in_flight(self) -> int:
@@ -126,8 +126,6 @@ class Pipeline:
                 "%d messages still unconfirmed; RabbitMQ will redeliver them", self._in_flight
             )
         self._flush_acks()
-        for task in self._retries:
-            task.cancel()
         return self._in_flight == 0
 
     def _publish(self, delivery: Delivery) -> None:
@@ -146,12 +144,8 @@ class Pipeline:
                 self.metrics.consumed(outcome, received_at)
             write(outcome, (pending, outcome))
 
-    def _written(self, tokens: list[_Token], exc: BaseException | None) -> None:
-        """A batch is in Kafka (or failed: its records are retried one by one)."""
-        if exc is not None:
-            for pending, outcome in tokens:
-                self._retry(pending, outcome, exc)
-            return
+    def _written(self, tokens: list[_Token]) -> None:
+        """A batch is in Kafka."""
         if self._kafka_failing:
             self._kafka_failing = False
             log.info("kafka sends succeed again")
@@ -159,20 +153,12 @@ class Pipeline:
         for pending, outcome in tokens:
             self._confirmed(pending, outcome, now)
 
-    def _retry(self, pending: _Pending, outcome: Outcome, exc: BaseException) -> None:
-        if not self._kafka_failing:  # one line per state change, not one per record
+    def _failed(self, records: int, exc: BaseException) -> None:
+        """Kafka did not take a batch; it is sent again after a backoff."""
+        if not self._kafka_failing:  # one line per state change, not one per batch
             self._kafka_failing = True
             log.warning("kafka send failed (%s); retrying with backoff", describe(exc))
-        self.metrics.retried_send()
-        task = asyncio.get_running_loop().create_task(self._resend(pending, outcome))
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
-
-    async def _resend(self, pending: _Pending, outcome: Outcome) -> None:
-        async for attempt in backoff("kafka send"):
-            with attempt:
-                await (await self.sink.send(outcome))
-        self._confirmed(pending, outcome, time.time())
+        self.metrics.retried_send(records)
 
     def _confirmed(self, pending: _Pending, outcome: Outcome, now: float) -> None:
         if isinstance(outcome, DeadLetter):

@@ -12,6 +12,11 @@ from bridge.logs import describe
 log = logging.getLogger(__name__)
 
 
+def backoff_wait(max_wait: float = 15.0) -> wait_exponential_jitter:
+    """Exponential backoff from 0.5 s up to ``max_wait``, with jitter."""
+    return wait_exponential_jitter(multiplier=0.5, max=max_wait, jitter=0.5)
+
+
 def backoff_policy(what: str, max_wait: float = 15.0) -> dict[str, Any]:
     """Keyword arguments for tenacity's (Async)Retrying: retry forever, log each wait once."""
 
@@ -21,7 +26,7 @@ def backoff_policy(what: str, max_wait: float = 15.0) -> dict[str, Any]:
         log.warning("%s failed: %s; retrying in %.1fs", what, describe(exc), wait)
 
     return {
-        "wait": wait_exponential_jitter(multiplier=0.5, max=max_wait, jitter=0.5),
+        "wait": backoff_wait(max_wait),
         "before_sleep": before_sleep,
         "reraise": True,
     }

@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type
 
-from bridge.batches import BatchWriter, OnDone
+from bridge.batches import BatchWriter, OnDone, OnFailed
 from bridge.codec import DeadLetter, Outcome
 from bridge.config import Config
 from bridge.errors import TransientError
@@ -140,11 +140,14 @@ class KafkaSink:
         for topic in (self._config.topic, self._config.dlq_topic):
             self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
 
-    def writer(self, on_done: OnDone[Token]) -> Callable[[Outcome, Token], None]:
+    def writer(
+        self, on_done: OnDone[Token], on_failed: OnFailed
+    ) -> Callable[[Outcome, Token], None]:
         """A function that queues one record, after `refresh_partitions`; ``on_done`` gets the
-        tokens of each batch once Kafka acknowledged it (acks=all), or failed to."""
+        tokens of each batch once Kafka acknowledged it (acks=all), ``on_failed`` hears of each
+        failed attempt (the batch is sent again)."""
         assert self._producer is not None, "start() first"
-        batches = BatchWriter(self._producer, self._config.kafka_linger_ms, on_done)
+        batches = BatchWriter(self._producer, self._config.kafka_linger_ms, on_done, on_failed)
         self._writers.append(batches)
         partitions = self._partitions
 
@@ -156,15 +159,6 @@ class KafkaSink:
             )
 
         return write
-
-    async def send(self, outcome: Outcome) -> asyncio.Future[Any]:
-        """Queue one record on its own; the future resolves when Kafka acknowledged it."""
-        assert self._producer is not None, "start() first"
-        topic, key = self._destination(outcome)
-        future: asyncio.Future[Any] = await self._producer.send(
-            topic, outcome.value, key=key, headers=outcome.headers
-        )
-        return future
 
     def _destination(self, outcome: Outcome) -> tuple[str, bytes | None]:
         """Topic and key: dead letters have no key (they spread over the dead-letter topic)."""

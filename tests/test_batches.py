@@ -1,11 +1,11 @@
-"""Batched Kafka writes against a real broker: lingering, order, and a refused batch reported."""
+"""Batched Kafka writes against a real broker: lingering, order, a refused batch sent again."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from bridge.batches import BatchWriter
@@ -25,8 +25,8 @@ def test_records_within_the_linger_leave_as_one_batch_in_order(
     kafka: EmbeddedKafka, names: Names
 ) -> None:
     done, started = asyncio.run(_write_five_within_the_linger(kafka, names.topic))
-    ((tokens, exc, acked_at),) = done
-    assert (tokens, exc) == ([0, 1, 2, 3, 4], None), "one batch, one report, every token"
+    ((tokens, acked_at),) = done
+    assert tokens == [0, 1, 2, 3, 4], "one batch, one report, every token"
     assert acked_at - started >= 0.2, "the open batch waited for linger_ms"
     records = read_topic(kafka.bootstrap_servers, names.topic, until=lambda rs: len(rs) >= 5)
     assert [r.value for r in records] == [b"0", b"1", b"2", b"3", b"4"]
@@ -34,13 +34,16 @@ def test_records_within_the_linger_leave_as_one_batch_in_order(
 
 async def _write_five_within_the_linger(
     kafka: EmbeddedKafka, topic: str
-) -> tuple[list[tuple[list[int], BaseException | None, float]], float]:
+) -> tuple[list[tuple[list[int], float]], float]:
     producer = await _producer(kafka)
-    done: list[tuple[list[int], BaseException | None, float]] = []
+    done: list[tuple[list[int], float]] = []
     try:
         await producer.partitions_for(topic)  # the topic exists (auto-created)
         writer = BatchWriter[int](
-            producer, 200, lambda tokens, exc: done.append((tokens, exc, time.monotonic()))
+            producer,
+            200,
+            lambda tokens: done.append((tokens, time.monotonic())),
+            lambda _records, exc: pytest.fail(f"kafka refused a batch: {exc}"),
         )
         started = time.monotonic()
         for i in range(5):
@@ -54,20 +57,26 @@ async def _write_five_within_the_linger(
     return done, started
 
 
-async def test_a_batch_kafka_refuses_is_reported_with_its_error(
+async def test_a_batch_kafka_refuses_is_sent_again_and_the_partition_waits_behind_it(
     kafka: EmbeddedKafka, names: Names
 ) -> None:
     producer = await _producer(kafka)
-    done: list[tuple[list[Any], BaseException | None]] = []
+    done: list[str] = []
+    failed: list[tuple[int, BaseException]] = []
     try:
         partitions = await producer.partitions_for(names.topic)
-        writer = BatchWriter[str](producer, 0, lambda tokens, exc: done.append((tokens, exc)))
-        missing = max(partitions) + 1  # no such partition
-        writer.append(names.topic, missing, key=None, value=b"x", headers=[], token="lost")
-        while not done:
+        writer = BatchWriter[str](
+            producer, 0, done.extend, lambda records, exc: failed.append((records, exc))
+        )
+        missing = max(partitions) + 1  # no such partition: every attempt fails
+        writer.append(names.topic, missing, key=None, value=b"x", headers=[], token="first")
+        while len(failed) < 2:
+            await asyncio.sleep(0.01)
+        writer.append(names.topic, missing, key=None, value=b"y", headers=[], token="second")
+        while len(failed) < 3:
             await asyncio.sleep(0.01)
         await writer.close()
     finally:
         await producer.stop()
-    ((tokens, exc),) = done
-    assert tokens == ["lost"] and exc is not None
+    assert done == [], "nothing was taken, and the second batch never overtook the first"
+    assert [records for records, _ in failed] == [1, 1, 1], "only the first batch was tried"

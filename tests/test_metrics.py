@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import generate_latest
 
+from bridge.batches import OnFailed
 from bridge.codec import Envelope, EventRecord, Outcome
 from bridge.embedded import EmbeddedKafka
 from bridge.metrics import MAX_LABELS, Metrics
@@ -25,13 +25,10 @@ class ConfirmingSink:
     async def refresh_partitions(self) -> None:
         pass
 
-    def writer(self, on_done: Callable[[list[Any], None], None]) -> Callable[[Outcome, Any], None]:
-        return lambda _outcome, token: on_done([token], None)
-
-    async def send(self, outcome: Outcome) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
+    def writer(
+        self, on_done: Callable[[list[Any]], None], _on_failed: OnFailed
+    ) -> Callable[[Outcome, Any], None]:
+        return lambda _outcome, token: on_done([token])
 
 
 def delivery(tag: int, body: bytes, redelivered: bool = False) -> Delivery:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 from celery import Celery
 from celery.events.state import State
 
@@ -87,6 +88,16 @@ def run_scenario(
     killed_at = time.time()
     replicas[0].kill()  # the first to attach: the active one under single-active-consumer
     sender.join(60)
+    records, witnessed = every_task_written(names, kafka, rabbit, witness)
+    assert all(r.alive() for r in replicas[1:])
+    return records, witnessed, killed_at
+
+
+def every_task_written(
+    names: Names, kafka: EmbeddedKafka, rabbit: Rabbit, witness: str
+) -> tuple[list[KafkaRecord], list[dict[str, Any]]]:
+    """Once the witness saw every task succeed: the topic's records (all it saw, checked) and
+    the witness's events."""
     witnessed: list[dict[str, Any]] = []
     succeeded: set[str] = set()
 
@@ -104,9 +115,8 @@ def run_scenario(
         until=lambda rs: expected <= event_ids(rs),
         timeout=120,
     )
-    assert all(r.alive() for r in replicas[1:])
     assert not expected - event_ids(records), "events lost"
-    return records, witnessed, killed_at
+    return records, witnessed
 
 
 def test_ordered_replicas_keep_every_task_in_order_through_a_failover(
@@ -133,6 +143,40 @@ def test_ordered_replicas_keep_every_task_in_order_through_a_failover(
         f"ordered: failover (longest pause in writes after the kill) {failover:.2f} s, "
         f"{len(stamps)} records written after it"
     )
+
+
+def test_ordered_keeps_every_task_in_order_through_a_kafka_outage(
+    names: Names,
+    own_kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+    worker: Callable[..., Any],
+) -> None:
+    bridge = start_bridge(
+        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=own_kafka.bootstrap_servers,
+        BRIDGE_KAFKA_REQUEST_TIMEOUT_MS="1000",
+    )
+    worker()
+    sender = threading.Thread(target=send_tasks, args=(names, TASKS, 250.0), daemon=True)
+    sender.start()
+    poll(lambda: rabbit.queue_state(witness)[0] > 300, 60, what="events under way")
+    assert own_kafka.process is not None
+    broker = psutil.Process(own_kafka.process.pid)
+    broker.suspend()
+    try:
+        poll(lambda: "kafka send failed" in bridge.log(), 30, what="sends failing")
+        poll(lambda: rabbit.queue_state(names.queue)[0] > 0, 30, what="a backlog in RabbitMQ")
+        time.sleep(5)  # the outage's length (several rounds of retries), not synchronisation
+    finally:
+        broker.resume()
+    sender.join(60)
+    records, witness_events = every_task_written(names, own_kafka, rabbit, witness)
+    topic_events = in_topic_order(records)
+    report = count_inversions(topic_events)
+    print(f"\nordered, kafka outage: {report.inversions} of {report.records} out of order")
+    assert report.inversions == 0
+    assert final_states(topic_events) == final_states(witness_events)
 
 
 def test_competing_replicas_lose_nothing_and_their_inversion_rate_is_reported(
