@@ -199,7 +199,11 @@ class Config(BaseSettings):
     @property
     def shard_queues(self) -> list[str]:
         """The shard queues of the sharded topology, in shard order."""
-        return [f"{self.queue_prefix}.{self.node_id}.shard-{i}" for i in range(self.shards)]
+        return [self.shard_queue(i) for i in range(self.shards)]
+
+    def shard_queue(self, index: int) -> str:
+        """Shard queue ``index`` of the sharded topology (there may be leftovers past K)."""
+        return f"{self.queue_prefix}.{self.node_id}.shard-{index}"
 
     @property
     def event_queues(self) -> list[str]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from itertools import count, takewhile
 from typing import Any
 
 from amqp.exceptions import NotFound
 
 from bridge.queues import queue_state
+from bridge.topology import Leftovers
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class QueueRetirer:
         channel: Any,
         exchange: str,
         on_message: Callable[[Any], None],
+        leftovers: Leftovers,
         *,
         reassert: Callable[[], object],
         settle_seconds: float,
@@ -51,31 +54,37 @@ class QueueRetirer:
         self._on_message = on_message
         self._reassert = reassert
         self._settle_seconds = settle_seconds
-        self._queues: list[str] = []
-        self._exchanges: list[str] = []
+        self._leftovers = leftovers
         self._next_scan = 0.0
         self._draining: dict[str, str] = {}
         self._cancelled: dict[str, tuple[int, float]] = {}
 
-    def start(self, queues: list[str], exchanges: list[str]) -> None:
-        """Retire ``queues``; ``exchanges`` feed some of them and are deleted first."""
-        self._queues, self._exchanges = queues, exchanges
+    def start(self) -> None:
         self._scan()
 
     def _scan(self) -> None:
         self._next_scan = time.monotonic() + _RESCAN_SECONDS
-        exchanges = [e for e in self._exchanges if self._exchange_exists(e)]
-        queues = [q for q in self._queues if queue_state(self._conn, q) is not None]
-        if exchanges or queues:
+        found = self._leftovers
+        exchanges = [e for e in found.exchanges if self._exchange_exists(e)]
+        queues = [q for q in found.queues if self._exists(q)]
+        shards = list(takewhile(self._exists, map(found.shard, count(found.first_shard))))
+        if exchanges or queues or shards:
             self._reassert()
         for exchange in exchanges:
             self._channel.exchange_delete(exchange)
             log.info("retired exchange %s of another topology: its queues get no more", exchange)
         for queue in queues:
             self._channel.queue_unbind(queue, self._exchange, "#")
+        if found.shard_exchange:  # shards past K: the hash ring shrinks to the K in use
+            for queue in shards:
+                self._channel.queue_unbind(queue, found.shard_exchange, "1")
+        for queue in queues + shards:
             if queue not in self._draining and queue not in self._cancelled:
-                log.info("retiring queue %s of another topology: unbound, draining it", queue)
+                log.info("retiring queue %s, no longer used: unbound, draining it", queue)
                 self._consume(queue)
+
+    def _exists(self, queue: str) -> bool:
+        return queue_state(self._conn, queue) is not None
 
     def check(self, last_delivered_tag: int, acked_through: int) -> None:
         """Advance each retiring queue: stop consuming when drained, delete when settled."""

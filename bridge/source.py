@@ -30,8 +30,7 @@ from bridge.tls import amqp_ssl
 from bridge.topology import (
     Topology,
     consumers_for,
-    other_topology_exchanges,
-    other_topology_queues,
+    leftovers,
 )
 
 log = logging.getLogger(__name__)
@@ -191,10 +190,11 @@ class AmqpSource:
             channel,
             self._config.event_exchange,
             self._on_message,
+            leftovers(self._config),
             reassert=lambda: self._topology.declare(channel, version),
             settle_seconds=self._config.shutdown_grace_seconds + 5,
         )
-        retirer.start(other_topology_queues(self._config), other_topology_exchanges(self._config))
+        retirer.start()
         log.info(
             "amqp consuming %s at %s", ", ".join(queues), mask_credentials(self._config.amqp_url)
         )

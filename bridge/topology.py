@@ -6,6 +6,7 @@ Kept apart from the consumer so the way replicas share the stream can be swapped
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, get_args
 
 from kombu.entity import Queue
@@ -80,15 +81,33 @@ class SharedQueueTopology:
         return [config.queue_name]
 
 
-def other_topology_queues(config: Config) -> list[str]:
-    """Queues of the topologies not in use: they are drained and deleted on a switch."""
-    others = [t for t in get_args(TopologyName) if t != config.topology]
-    return [q for t in others for q in config.model_copy(update={"topology": t}).event_queues]
+@dataclass(frozen=True)
+class Leftovers:
+    """What other topologies, or a larger shard count, may have left in RabbitMQ: drained
+    and deleted on a switch (`bridge.retire`)."""
+
+    queues: list[str]
+    """Shared queues of the other topologies, bound to the event exchange with ``#``."""
+    exchanges: list[str]
+    """Deleted first: each feeds some of the queues (the hash exchange, unless sharded)."""
+    shard: Callable[[int], str]
+    """The name of shard queue i; shards from `first_shard` on, while they exist, are left over."""
+    first_shard: int
+    shard_exchange: str | None
+    """What left-over shards are still bound to (sharded: the hash exchange, which stays)."""
 
 
-def other_topology_exchanges(config: Config) -> list[str]:
-    """Exchanges of the topologies not in use: deleting one stops what it feeds its queues."""
-    return [] if config.topology == "sharded" else [config.shard_exchange]
+def leftovers(config: Config) -> Leftovers:
+    """What the configured topology does not use."""
+    shared = [t for t in get_args(TopologyName) if t not in {config.topology, "sharded"}]
+    sharded = config.topology == "sharded"
+    return Leftovers(
+        queues=[config.model_copy(update={"topology": t}).queue_name for t in shared],
+        exchanges=[] if sharded else [config.shard_exchange],
+        shard=config.shard_queue,
+        first_shard=config.shards if sharded else 0,
+        shard_exchange=config.shard_exchange if sharded else None,
+    )
 
 
 def topology_for(config: Config) -> Topology:

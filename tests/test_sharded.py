@@ -147,3 +147,31 @@ def test_switching_from_sharded_retires_the_shards_and_the_hash_exchange_and_los
         kafka.bootstrap_servers, names.topic, until=lambda rs: expected <= event_ids(rs), timeout=60
     )
     assert not expected - event_ids(records), "events lost in the switch"
+
+
+def test_fewer_shards_retires_the_extra_ones_and_loses_nothing(
+    names: Names,
+    kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+    shards: list[str],
+) -> None:
+    old = start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
+    old.signal(signal.SIGTERM)
+    assert old.wait(20) == 0
+    workers = [f"worker-{i}@{names.suffix}" for i in range(16)]
+    for hostname in workers:
+        publish_events(names.exchange, 50, hostname=hostname)
+    assert sum(rabbit.queue_state(q)[0] for q in shards[2:]) > 0, "nothing waits in the extras"
+    start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS="2", BRIDGE_SHUTDOWN_GRACE_SECONDS="2")
+    for hostname in workers:
+        publish_events(names.exchange, 50, hostname=hostname)
+    extras = shards[2:]
+    poll(lambda: not any(rabbit.queue_exists(q) for q in extras), 60, what="extras retired")
+    assert all(rabbit.queue_exists(q) for q in shards[:2])
+    expected = sent_event_ids(rabbit.drain(witness))
+    records = read_topic(
+        kafka.bootstrap_servers, names.topic, until=lambda rs: expected <= event_ids(rs), timeout=60
+    )
+    assert not expected - event_ids(records), "events lost when the shards were reduced"

@@ -231,7 +231,7 @@ def test_an_old_replica_restarting_mid_switch_cannot_leave_the_exchange_feeding_
     # A replica still on the old topology restarts during the rollout: it binds the old queue
     # again and unbinds the new one, then goes.
     old = start_bridge(BRIDGE_TOPOLOGY="competing")
-    poll(lambda: f"retiring queue {names.queue} " in old.log(), 20, what="the new queue unbound")
+    poll(lambda: f"retiring queue {names.queue}," in old.log(), 20, what="the new queue unbound")
     old.signal(signal.SIGTERM)
     assert old.wait(20) == 0
     publish_events(names.exchange, 500)  # into the old queue, the only one bound
