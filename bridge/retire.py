@@ -8,7 +8,7 @@ from collections.abc import Callable
 from itertools import count, takewhile
 from typing import Any
 
-from amqp.exceptions import NotFound
+from amqp.exceptions import NotFound, ResourceLocked
 
 from bridge.queues import queue_state
 from bridge.topology import Leftovers
@@ -56,6 +56,7 @@ class QueueRetirer:
         self._settle_seconds = settle_seconds
         self._leftovers = leftovers
         self._next_scan = 0.0
+        self._lead = False
         self._draining: dict[str, str] = {}
         self._cancelled: dict[str, tuple[int, float]] = {}
 
@@ -68,8 +69,9 @@ class QueueRetirer:
         exchanges = [e for e in found.exchanges if self._exchange_exists(e)]
         queues = [q for q in found.queues if self._exists(q)]
         shards = list(takewhile(self._exists, map(found.shard, count(found.first_shard))))
-        if exchanges or queues or shards:
-            self._reassert()
+        if not (exchanges or queues or shards) or not self._leading():
+            return
+        self._reassert()
         for exchange in exchanges:
             self._channel.exchange_delete(exchange)
             log.info("retired exchange %s of another topology: its queues get no more", exchange)
@@ -82,6 +84,21 @@ class QueueRetirer:
             if queue not in self._draining and queue not in self._cancelled:
                 log.info("retiring queue %s, no longer used: unbound, draining it", queue)
                 self._consume(queue)
+
+    def _leading(self) -> bool:
+        """Whether this replica is the one that retires: the holder of an exclusive queue, which
+        RabbitMQ drops with its connection, so another replica takes over. (Two retirers would
+        each see the other as a consumer and never let the queue go.)"""
+        if not self._lead:
+            channel = self._conn.channel()
+            try:
+                channel.queue_declare(self._leftovers.lock, exclusive=True)
+            except ResourceLocked:
+                return False
+            channel.close()
+            self._lead = True
+            log.info("this replica retires what other topologies left")
+        return True
 
     def _exists(self, queue: str) -> bool:
         return queue_state(self._conn, queue) is not None

@@ -95,6 +95,8 @@ class Leftovers:
     first_shard: int
     shard_exchange: str | None
     """What left-over shards are still bound to (sharded: the hash exchange, which stays)."""
+    lock: str
+    """An exclusive queue: the one replica holding it does the retiring."""
 
 
 def leftovers(config: Config) -> Leftovers:
@@ -107,6 +109,7 @@ def leftovers(config: Config) -> Leftovers:
         shard=config.shard_queue,
         first_shard=config.shards if sharded else 0,
         shard_exchange=config.shard_exchange if sharded else None,
+        lock=f"{config.queue_prefix}.{config.node_id}.retiring.{config.topology}",
     )
 
 

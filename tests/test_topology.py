@@ -208,7 +208,8 @@ def test_switching_topology_drains_the_old_queue_then_deletes_it_and_loses_nothi
     assert old.wait(20) == 0
     publish_events(names.exchange, 3_000)  # waiting in the old queue, nobody consuming
     assert rabbit.queue_state(old_queue)[0] > 0
-    start_bridge(BRIDGE_SHUTDOWN_GRACE_SECONDS="2")  # the default topology: ordered
+    for _ in range(2):  # two replicas of the default topology, ordered: one retires
+        start_bridge(BRIDGE_SHUTDOWN_GRACE_SECONDS="2")
     publish_events(names.exchange, 1_000)
     poll(lambda: not rabbit.queue_exists(old_queue), 60, what="the old queue retired")
     expected = sent_event_ids(rabbit.drain(witness))
