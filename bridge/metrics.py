@@ -75,6 +75,11 @@ class Metrics:
         self.in_flight = Gauge(
             "in_flight_messages", "AMQP messages taken but not yet confirmed by Kafka.", **metric
         )
+        self.loop_tasks = Gauge(
+            "event_loop_tasks",
+            "Tasks on the bridge's asyncio event loop (flat in a healthy bridge).",
+            **metric,
+        )
         self.queue_messages = Gauge(
             "queue_messages", "Ready messages in the bridge queue (polled).", **metric
         )

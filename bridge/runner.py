@@ -56,6 +56,8 @@ class _LoopListener:
 async def run_bridge(config: Config, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or SIGTERM/SIGINT); raise what stopped it otherwise."""
     metrics = Metrics()
+    loop = asyncio.get_running_loop()
+    metrics.loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # scraped on the loop
     health = Health(config, metrics)
     async with _monitoring(config, metrics, health):
         await _run_bridge(config, stop, metrics, health)

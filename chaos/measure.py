@@ -132,6 +132,7 @@ class Sample:
     rss: int
     fds: int
     threads: int
+    tasks: int
     ready: bool | None
 
 
@@ -162,9 +163,13 @@ class Sampler:
                 rss = max(rss, process.memory_info().rss)
                 fds = max(fds, process.num_fds())
                 threads = max(threads, process.num_threads())
-        ready = [readiness(port) for port in self._ports()]
+        ports = self._ports()
+        ready = [readiness(port) for port in ports]
         answered = [r for r in ready if r is not None]
-        return Sample(time.monotonic(), rss, fds, threads, any(answered) if answered else None)
+        tasks = max((loop_tasks(port) for port in ports), default=0)
+        return Sample(
+            time.monotonic(), rss, fds, threads, tasks, any(answered) if answered else None
+        )
 
     def stop(self) -> Sampler:
         self._stop.set()
@@ -185,6 +190,19 @@ class Sampler:
             if state != story[-1]:
                 story.append(state)
         return ">".join(str(s).lower() for s in story)
+
+
+def loop_tasks(port: int) -> int:
+    """The bridge's event-loop task count from /metrics; 0 if nothing answers there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=0.5) as response:
+            text = response.read().decode()
+    except (OSError, ValueError):
+        return 0
+    for line in text.splitlines():
+        if line.startswith("celery_kafka_bridge_event_loop_tasks "):
+            return int(float(line.split()[1]))
+    return 0
 
 
 def readiness(port: int) -> bool | None:

@@ -97,17 +97,22 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write(results: list[Result], profile: Profile, out: Path) -> tuple[Path, Path]:
-    """Write ``chaos-<profile>.json`` and ``.md`` under ``out``; return their paths."""
+def write(
+    results: list[Result], profile: Profile, out: Path, only: list[str] | None = None
+) -> tuple[Path, Path]:
+    """Write ``chaos-<profile>.json`` and ``.md`` under ``out`` (``chaos-<profile>-only-1-3.*``
+    for a run of some scenarios, so it never replaces a full run's report); return their paths."""
     meta = {
         "profile": profile.name,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
-        "command": f"make chaos CHAOS_PROFILE={profile.name}",
+        "command": f"python -m chaos.run --{profile.name}"
+        + (f" --only {','.join(only)}" if only else ""),
         "passed": all(r.passed for r in results),
     }
     out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / f"chaos-{profile.name}.json", out / f"chaos-{profile.name}.md"
+    stem = f"chaos-{profile.name}" + (f"-only-{'-'.join(only)}" if only else "")
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     document = {"meta": meta, "profile": vars(profile), "results": [r.as_dict() for r in results]}
     json_path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     md_path.write_text(markdown(results, meta))

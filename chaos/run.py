@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the reports go")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile or os.environ.get("CHAOS_PROFILE", "short")]
-    chosen = [key.strip() for key in args.only.split(",") if key.strip()] or list(SCENARIOS)
+    only = [key.strip() for key in args.only.split(",") if key.strip()]
+    chosen = only or list(SCENARIOS)
     unknown = sorted(set(chosen) - SCENARIOS.keys())
     if unknown:
         parser.error(f"no scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(run_one(scenario, profile, ctx))
                 print(report.table(results[-1:]), "\n", flush=True)
     print(report.table(results))
-    json_path, md_path = report.write(results, profile, args.out)
+    json_path, md_path = report.write(results, profile, args.out, only)
     print(f"\nreports: {json_path} {md_path}; logs: {workdir}")
     failed = [r for r in results if not r.passed]
     for result in failed:
