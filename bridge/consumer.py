@@ -156,6 +156,7 @@ class EventStream:
             batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_BATCH)
             if not batches:
                 for event in self._order.flush() if self._order else ():
+                    self.stats.yielded += 1
                     yield event
                 if not self.scan.follow and await self._finished():
                     return

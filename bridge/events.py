@@ -79,7 +79,9 @@ class ClockOrder:
     """Holds back up to ``window`` events and releases each task's events in clock order.
 
     It releases the oldest held event, or in its place the earliest-clocked held event of the
-    same task; events without a task id or clock are released as they come.
+    same task from the same sender (``hostname`` and ``pid``: each process keeps its own clock,
+    so a client's task-sent and a pool child's custom events are not comparable with the
+    worker's); events without a task id or clock are released as they come.
     """
 
     def __init__(self, window: int) -> None:
@@ -102,8 +104,11 @@ class ClockOrder:
         head = self._held[0]
         if head.task_id is None or head.clock is None:
             return self._held.popleft()
+        sender = (head.task_id, head.hostname, head.data.get("pid"))
         same_task = (
-            i for i, e in enumerate(self._held) if e.task_id == head.task_id and e.clock is not None
+            i
+            for i, e in enumerate(self._held)
+            if (e.task_id, e.hostname, e.data.get("pid")) == sender and e.clock is not None
         )
         index = min(same_task, key=lambda i: (self._held[i].clock, i))
         event = self._held[index]

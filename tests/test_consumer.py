@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bridge.codec import record_key
 from bridge.consumer import EventStream, Scan, partition_for, read_events
@@ -15,8 +21,8 @@ from tests.support import Names, poll, read_topic
 from tests.topic_writer import encode, task_events, write_records, write_records_async
 
 
-def event(task_id: str | None, clock: int | None, offset: int) -> Event:
-    data: dict[str, Any] = {"type": "task-x", "hostname": "w@h"}
+def event(task_id: str | None, clock: int | None, offset: int, hostname: str = "w@h") -> Event:
+    data: dict[str, Any] = {"type": "task-x", "hostname": hostname}
     if task_id is not None:
         data["uuid"] = task_id
     if clock is not None:
@@ -58,6 +64,21 @@ def test_clock_order_sorts_each_tasks_events_and_keeps_the_rest_in_place() -> No
     ]
 
 
+def test_clock_order_compares_clocks_of_one_sender_only() -> None:
+    order = ClockOrder(window=10)
+    arrivals = [
+        event("a", 900, 0, hostname="client@h"),  # task-sent, by the client's own clock
+        event("a", 13, 1),
+        event("a", 12, 2),
+    ]
+    released = [e for a in arrivals for e in order.push(a)] + order.flush()
+    assert [(e.hostname, e.clock) for e in released] == [
+        ("client@h", 900),
+        ("w@h", 12),
+        ("w@h", 13),
+    ]
+
+
 def test_clock_order_holds_no_more_than_its_window() -> None:
     order = ClockOrder(window=2)
     assert order.push(event("a", 3, 0)) == []
@@ -80,18 +101,23 @@ def test_the_partition_of_a_task_is_where_the_bridges_producer_put_it(
         assert record.partition == partition_for(record.key, [0, 1, 2, 3])
 
 
+@pytest.mark.parametrize("order_by_clock", [False, True])
 async def test_the_async_stream_drops_injected_duplicates_and_keeps_everything_else(
-    kafka: EmbeddedKafka, names: Names
+    kafka: EmbeddedKafka, names: Names, order_by_clock: bool
 ) -> None:
     events = [e for i in range(5) for e in task_events(f"t{i}")]
     records = [encode(e) for e in events]
     duplicates = [records[3], records[0], records[7], records[3]]
     await write_records_async(kafka.bootstrap_servers, names.topic, records + duplicates)
 
-    async with EventStream(Scan(kafka.bootstrap_servers, names.topic, idle_seconds=0.3)) as stream:
+    scan = Scan(
+        kafka.bootstrap_servers, names.topic, idle_seconds=0.3, order_by_clock=order_by_clock
+    )
+    async with EventStream(scan) as stream:
         got = [e async for e in stream]
 
     assert sorted(e.value for e in got) == sorted(r.value for r in records)
+    assert stream.stats.yielded == len(got) == len(records)
     assert stream.stats.duplicates == 4
     assert stream.stats.scanned == 24
     for item in got:
@@ -143,3 +169,18 @@ def test_since_and_until_bound_the_record_time_on_the_client(
     assert [e.data for e in read_events(scan)] == late
     before = replace(scan, since=None, until=boundary)
     assert [e.data for e in read_events(before)] == early
+
+
+def test_the_readme_example_runs_and_finds_the_failures(kafka: EmbeddedKafka, names: Names) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)```", readme, re.S)
+    failed = {**task_events("t-failed")[2], "type": "task-failed", "exception": "ZeroDivision"}
+    write_records(kafka.bootstrap_servers, names.topic, [encode(failed)])
+    code = example.replace("localhost:9092", kafka.bootstrap_servers).replace(
+        '"celery.events"', repr(names.topic)
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == ["t-failed w1@h ZeroDivision"]
