@@ -84,7 +84,10 @@ class Config(BaseSettings):
         None, description="AMQP exchange for messages past the delivery limit or length bound."
     )
     prefetch: int = Field(
-        1000, ge=1, le=65535, description="Unacked AMQP messages in flight per replica."
+        1000,
+        ge=1,
+        le=65535,
+        description="Unacked AMQP messages in flight per consumer (one per queue consumed).",
     )
     max_message_bytes: int = Field(
         1_000_000,
