@@ -8,9 +8,12 @@ event's arrival against the ``timestamp`` the dispatcher put in it.
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import sys
 from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.drains import RssSampler, Setup, bridge_config, consuming_since, replicas
 from bench.kafka import Arrivals, arrivals_recorder, read
@@ -19,6 +22,7 @@ from tests.support import ROOT, BridgeProcess
 
 ACK_WITHIN_SECONDS = 0.025
 """A bucket bound of the bridge's event-age histogram: the p99 target, read exactly."""
+AGE_HISTOGRAM = "celery_kafka_bridge_event_age_seconds"
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,31 @@ class Percentiles:
     max: float
 
     @classmethod
+    def of_histogram(cls, buckets: list[tuple[float, float]]) -> Percentiles:
+        """Estimated from cumulative ``(upper bound, count)`` buckets in seconds, interpolating
+        within a bucket as Prometheus's ``histogram_quantile`` does; ``max`` is the upper bound
+        of the highest bucket that holds an event."""
+        total = buckets[-1][1] if buckets else 0.0
+
+        def at(q: float) -> float:
+            rank, lower, below = q * total, 0.0, 0.0
+            for upper, count in buckets:
+                if count >= rank and count > below:
+                    return round(
+                        1000 * (lower + (upper - lower) * (rank - below) / (count - below)), 2
+                    )
+                lower, below = upper, count
+            return 0.0
+
+        top = next((upper for upper, count in buckets if count >= total), 0.0)
+        return cls(at(0.50), at(0.95), at(0.99), round(1000 * top, 2))
+
+    @classmethod
     def of(cls, samples: list[float]) -> Percentiles:
         ordered = sorted(samples) or [0.0]
 
-        def at(q: float) -> float:
-            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+        def at(q: float) -> float:  # the nearest-rank percentile
+            return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)], 2)
 
         return cls(at(0.50), at(0.95), at(0.99), round(ordered[-1], 2))
 
@@ -47,6 +71,8 @@ class Latency:
     sent: int
     received: int
     to_send: Percentiles
+    to_ack: Percentiles
+    """Estimated from the bridge's event-age histogram (see `Percentiles.of_histogram`)."""
     to_consumer: Percentiles
     acked_within_25ms_pct: float
     """Share of events Kafka acked within 25 ms of their timestamp (the bridge's histogram)."""
@@ -104,6 +130,7 @@ def run_rate(setup: Setup, index: int, rate: float, seconds: float) -> tuple[Lat
             _measure(setup, config.topic, config.event_exchange, events, rate)
         )
         acked_within = _acked_within(procs[0])
+        to_ack = Percentiles.of_histogram(_age_buckets(procs[0]))
         procs[0].signal(signal.SIGTERM)
         procs[0].wait(60)
     latency = Latency(
@@ -112,6 +139,7 @@ def run_rate(setup: Setup, index: int, rate: float, seconds: float) -> tuple[Lat
         sent=sent,
         received=received,
         to_send=Percentiles.of(arrivals.to_send_ms),
+        to_ack=to_ack,
         to_consumer=Percentiles.of(arrivals.to_consumer_ms),
         acked_within_25ms_pct=acked_within,
         peak_rss_mb=round(rss.peak_mb, 1),
@@ -121,10 +149,21 @@ def run_rate(setup: Setup, index: int, rate: float, seconds: float) -> tuple[Lat
 
 def _acked_within(proc: BridgeProcess) -> float:
     """Percent of events whose timestamp-to-Kafka-ack time was within `ACK_WITHIN_SECONDS`."""
-    name = "celery_kafka_bridge_event_age_seconds"
-    count = proc.metric(f"{name}_count")
-    within = proc.metric(f"{name}_bucket", le=str(ACK_WITHIN_SECONDS))
+    count = proc.metric(f"{AGE_HISTOGRAM}_count")
+    within = proc.metric(f"{AGE_HISTOGRAM}_bucket", le=str(ACK_WITHIN_SECONDS))
     return round(100.0 * within / count, 2) if count else 0.0
+
+
+def _age_buckets(proc: BridgeProcess) -> list[tuple[float, float]]:
+    """The event-age histogram's cumulative buckets, ``(upper bound s, count)``, +Inf last."""
+    status, text = proc.http("/metrics")
+    assert status == 200, status
+    return sorted(
+        (float(sample.labels["le"]), sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == f"{AGE_HISTOGRAM}_bucket"
+    )
 
 
 def run_rates(setup: Setup, rates: list[float], seconds: float) -> list[tuple[Latency, Arrivals]]:

@@ -32,7 +32,10 @@ WORKER_TTL_SECONDS = 3600.0
 """A worker not seen for this long is dropped from the per-worker metric."""
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-_AGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+_AGE_BUCKETS = (
+    *(0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025),  # the 25 ms target
+    *(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
 _TASK_EVENT_PREFIX = "task-"
 _HEARTBEATS = frozenset({"worker-online", "worker-heartbeat"})
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from bench.latency import Percentiles
 from bench.run import main
 from bridge.embedded import EmbeddedKafka
 from tests.support import AMQP_URL
@@ -45,8 +46,21 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     assert latency["received"] >= latency["sent"] == 400
     assert 0 < latency["to_consumer"]["p50"] <= latency["to_consumer"]["max"]
     assert 0 < latency["acked_within_25ms_pct"] <= 100, "read from the bridge's histogram"
+    to_ack = latency["to_ack"]
+    assert 0 < to_ack["p50"] <= to_ack["p95"] <= to_ack["p99"] <= to_ack["max"]
     assert len(report["targets"]) == 4
 
     markdown = (tmp_path / "results.md").read_text()
     assert "| (c) bridge x1" in markdown and "Ratios: c/a = " in markdown
     assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    got = Percentiles.of([float(ms) for ms in range(100, 0, -1)])
+    assert got == Percentiles(p50=50.0, p95=95.0, p99=99.0, max=100.0)
+
+
+def test_percentiles_from_a_histogram_interpolate_within_buckets() -> None:
+    buckets = [(0.001, 50.0), (0.002, 100.0), (0.005, 100.0), (float("inf"), 100.0)]
+    got = Percentiles.of_histogram(buckets)
+    assert got == Percentiles(p50=1.0, p95=1.9, p99=1.98, max=2.0)
