@@ -7,14 +7,14 @@ shard is a single-active-consumer queue: one replica consumes it, in order, the 
 
 from __future__ import annotations
 
+import itertools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from amqp.exceptions import InvalidCommand
+from amqp.exceptions import InvalidCommand, NotFound, ResourceLocked
 
 from bridge.config import Config
 from bridge.errors import ConfigError
@@ -77,10 +77,14 @@ class ShardBalancer:
     Under single-active-consumer RabbitMQ (3.10) makes the longest-waiting consumer active and
     tells nobody. A replica learns it is active on a shard from the first delivery there, and
     stays so until it cancels. Every few seconds it counts the replicas R (consumers of the
-    replicas queue) and, active on more than ceil(K/R) shards, cancels and consumes the extra
-    ones again: that moves it to the back of their lines, and the next replica takes them. It
-    does so only while nothing it took is unacked, so the next replica cannot write a shard's
-    later events to Kafka before this one's in-flight earlier ones.
+    replicas queue) and works out its share: K // R, plus one for the first K % R replicas in
+    slot order (each replica holds an exclusive slot queue, the lowest free one, which RabbitMQ
+    drops with its connection), so the shares add up to K and differ by at most one. Active on
+    more than its share, it cancels and consumes the extra shards again: that moves it to the
+    back of their lines, and the next replica takes them; a shard so passes along until a
+    replica below its share keeps it. It does so only while nothing it took is unacked, so the
+    next replica cannot write a shard's later events to Kafka before this one's in-flight
+    earlier ones.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class ShardBalancer:
         self._shard_of: dict[str, str] = {}  # consumer tag -> shard queue
         self._active: set[str] = set()  # consumer tags that have had a delivery
         self._presence = ""
+        self._slot = 0
         self._next_check = 0.0
 
     def start(self, queues: list[str]) -> None:
@@ -100,6 +105,7 @@ class ShardBalancer:
         first = os.getpid() % len(queues)
         for queue in queues[first:] + queues[:first]:
             self._consume(queue)
+        self._slot = next(i for i in itertools.count() if self._took(self._slot_queue(i)))
         # Counted as a replica only once in every shard's line.
         self._presence = self._channel.basic_consume(
             replicas_queue(self._config), no_ack=True, callback=_ignore
@@ -112,8 +118,10 @@ class ShardBalancer:
         if now < self._next_check or not idle:
             return
         self._next_check = now + _BALANCE_SECONDS
-        replicas = self._replicas()
-        share = math.ceil(len(self._config.shard_queues) / max(replicas, 1))
+        replicas = max(self._replicas(), 1)
+        shards = len(self._config.shard_queues)
+        ahead = sum(self._held(self._slot_queue(i)) for i in range(self._slot))
+        share = shards // replicas + (ahead < shards % replicas)
         active = sorted(self._active, key=self._shard_of.__getitem__)
         for tag in active[share:]:
             queue = self._shard_of.pop(tag)
@@ -146,6 +154,31 @@ class ShardBalancer:
         if tag in self._shard_of:
             self._active.add(tag)
         self._on_message(message)
+
+    def _slot_queue(self, index: int) -> str:
+        return f"{replicas_queue(self._config)}.slot-{index}"
+
+    def _took(self, queue: str) -> bool:
+        """Declared ``queue`` exclusive to this connection, unless another one holds it."""
+        channel = self._conn.channel()  # a refused declare closes its channel
+        try:
+            channel.queue_declare(queue, exclusive=True)
+        except ResourceLocked:
+            return False
+        channel.close()
+        return True
+
+    def _held(self, queue: str) -> bool:
+        """Whether another replica holds the exclusive ``queue``."""
+        channel = self._conn.channel()
+        try:
+            channel.queue_declare(queue, passive=True)
+        except ResourceLocked:
+            return True
+        except NotFound:
+            return False
+        channel.close()
+        return False  # only this connection's own queue answers a passive declare
 
     def _replicas(self) -> int:
         """How many replicas are attached: the consumers of the replicas queue."""

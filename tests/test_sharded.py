@@ -121,6 +121,8 @@ def test_replicas_share_the_active_shards_and_take_over_those_of_a_dead_or_new_o
         poll(lambda: active_shards_per_replica(shards) == [4], 30, what="the survivor on all")
         start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
         poll(lambda: active_shards_per_replica(shards) == [2, 2], 30, what="a newcomer's share")
+        start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
+        poll(lambda: active_shards_per_replica(shards) == [2, 1, 1], 30, what="within one of 3")
     finally:
         stop.set()
         publisher.join(10)
