@@ -27,7 +27,7 @@ from tests.support import (
     read_topic,
     sent_event_ids,
 )
-from tests.test_topology import TASKS, in_topic_order, run_scenario
+from tests.test_topology import TASKS, final_states, in_topic_order, run_scenario
 
 SHARDS = 4
 
@@ -92,11 +92,16 @@ def test_three_sharded_replicas_keep_every_worker_in_order_through_a_kill(
     worker: Callable[..., Any],
     shards: list[str],
 ) -> None:
-    records, _, _ = run_scenario(names, kafka, rabbit, witness, start_bridge, worker, "sharded")
-    report = count_inversions(in_topic_order(records))
+    records, witness_events, _ = run_scenario(
+        names, kafka, rabbit, witness, start_bridge, worker, "sharded", workers=3
+    )
+    topic_events = in_topic_order(records)
+    report = count_inversions(topic_events)
     print(f"\nsharded: {report.inversions} of {report.records} task records out of order")
     assert report.records >= 3 * TASKS
     assert report.inversions == 0
+    assert len({e["hostname"] for e in topic_events if e["type"] == "task-started"}) == 3
+    assert final_states(topic_events) == final_states(witness_events)
 
 
 def test_replicas_share_the_active_shards_and_take_over_those_of_a_dead_or_new_one(
