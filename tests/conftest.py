@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from bridge.embedded import EmbeddedKafka
-from tests.support import AMQP_URL, ROOT, BridgeProcess, Names, Rabbit, bridge_env, poll
+from tests.support import (
+    BridgeProcess,
+    Names,
+    Rabbit,
+    bridge_env,
+    start_worker,
+    stop_worker,
+)
 
 
 @pytest.fixture(scope="session")
@@ -85,50 +89,17 @@ def worker(
         events: bool = True, hostname: str | None = None, control_exchange: str = "celery"
     ) -> subprocess.Popen[bytes]:
         """``events``: the -E flag (task events); ``control_exchange``: where it takes commands."""
-        env = {
-            **os.environ,
-            "TEST_BROKER_URL": AMQP_URL,
-            "TEST_EVENT_EXCHANGE": names.exchange,
-            "TEST_TASK_QUEUE": names.task_queue,
-            "TEST_CONTROL_EXCHANGE": control_exchange,
-        }
-        args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.celery_app",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "-Q",
+        process = start_worker(
+            names.exchange,
             names.task_queue,
-            "-n",
-            hostname or f"w-{names.suffix}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "INFO",
-        ]
-        if events:
-            args.append("-E")
-        log_path = tmp_path / f"worker-{len(started)}.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
+            tmp_path / f"worker-{len(started)}.log",
+            hostname=hostname or f"w-{names.suffix}@%h",
+            events=events,
+            control_exchange=control_exchange,
+        )
         started.append(process)
-        poll(lambda: "ready." in log_path.read_text(errors="replace"), 60, what="worker ready")
         return process
 
     yield start
     for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_worker(process)

@@ -466,3 +466,88 @@ def event_ids(records: Iterable[KafkaRecord]) -> set[str]:
 def sent_event_ids(messages: Iterable[amqp.Message]) -> set[str]:
     """Ids of the events the witness saw (what a correct bridge must deliver)."""
     return {event_id(e) for e in events_of(messages)}
+
+
+def send_tasks(exchange: str, task_queue: str, count: int, per_second: float) -> list[str]:
+    """Short tasks from a real client, paced: plain, retrying and custom-event ones."""
+    app = Celery(broker=AMQP_URL, set_as_current=False)
+    app.conf.update(event_exchange=exchange, task_default_queue=task_queue)
+    ids = []
+    started = time.monotonic()
+    for i in range(count):
+        ahead = i / per_second - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)  # pacing the load, not synchronisation
+        if i % 10 == 0:
+            result = app.send_task("tests.celery_app.flaky")
+        elif i % 10 == 1:
+            result = app.send_task("tests.celery_app.report", (i,))
+        else:
+            result = app.send_task("tests.celery_app.add", (i, i))
+        ids.append(result.id)
+    app.close()
+    return ids
+
+
+def in_topic_order(records: list[KafkaRecord]) -> list[dict[str, Any]]:
+    """The events of a topic's records, partition by partition, in offset order."""
+    ordered = sorted(records, key=lambda r: (r.partition, r.offset))
+    return [r.json() for r in ordered]
+
+
+def start_worker(
+    exchange: str,
+    task_queue: str,
+    log_path: Path,
+    *,
+    hostname: str,
+    events: bool = True,
+    control_exchange: str = "celery",
+) -> subprocess.Popen[bytes]:
+    """A real Celery worker (prefork, 2 processes) of `tests.celery_app`, once it is ready.
+
+    ``events``: the -E flag (task events); ``control_exchange``: where it takes commands.
+    """
+    env = {
+        **os.environ,
+        "TEST_BROKER_URL": AMQP_URL,
+        "TEST_EVENT_EXCHANGE": exchange,
+        "TEST_TASK_QUEUE": task_queue,
+        "TEST_CONTROL_EXCHANGE": control_exchange,
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.celery_app",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        "2",
+        "-Q",
+        task_queue,
+        "-n",
+        hostname,
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "INFO",
+        *(["-E"] if events else []),
+    ]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    poll(lambda: "ready." in log_path.read_text(errors="replace"), 60, what="worker ready")
+    return process
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a warm shutdown), then SIGKILL after 20 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

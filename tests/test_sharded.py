@@ -22,12 +22,13 @@ from tests.support import (
     Names,
     Rabbit,
     event_ids,
+    in_topic_order,
     poll,
     publish_events,
     read_topic,
     sent_event_ids,
 )
-from tests.test_topology import TASKS, final_states, in_topic_order, run_scenario
+from tests.test_topology import TASKS, final_states, run_scenario
 
 SHARDS = 4
 

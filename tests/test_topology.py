@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
-from celery import Celery
 from celery.events.state import State
 
 from bridge.codec import event_id
@@ -17,41 +16,21 @@ from bridge.embedded import EmbeddedKafka
 from bridge.ordering import count_inversions
 from tests.conftest import BridgeFactory
 from tests.support import (
-    AMQP_URL,
     KafkaRecord,
     Names,
     Rabbit,
     event_ids,
     events_of,
+    in_topic_order,
     json_lines,
     poll,
     publish_events,
     read_topic,
+    send_tasks,
     sent_event_ids,
 )
 
 TASKS = 1500
-
-
-def send_tasks(names: Names, count: int, per_second: float) -> list[str]:
-    """Short tasks from a real client, paced: plain, retrying and custom-event ones."""
-    app = Celery(broker=AMQP_URL, set_as_current=False)
-    app.conf.update(event_exchange=names.exchange, task_default_queue=names.task_queue)
-    ids = []
-    started = time.monotonic()
-    for i in range(count):
-        ahead = i / per_second - (time.monotonic() - started)
-        if ahead > 0:
-            time.sleep(ahead)  # pacing the load, not synchronisation
-        if i % 10 == 0:
-            result = app.send_task("tests.celery_app.flaky")
-        elif i % 10 == 1:
-            result = app.send_task("tests.celery_app.report", (i,))
-        else:
-            result = app.send_task("tests.celery_app.add", (i, i))
-        ids.append(result.id)
-    app.close()
-    return ids
 
 
 def final_states(events: list[dict[str, Any]]) -> dict[str, str]:
@@ -59,11 +38,6 @@ def final_states(events: list[dict[str, Any]]) -> dict[str, str]:
     for event in events:
         state.event({**event, "local_received": event["timestamp"]})
     return {uuid: task.state for uuid, task in state.tasks.items()}
-
-
-def in_topic_order(records: list[KafkaRecord]) -> list[dict[str, Any]]:
-    ordered = sorted(records, key=lambda r: (r.partition, r.offset))
-    return [r.json() for r in ordered]
 
 
 def run_scenario(
@@ -83,7 +57,11 @@ def run_scenario(
     replicas = [start_bridge(BRIDGE_TOPOLOGY=topology) for _ in range(3)]
     for i in range(workers):
         worker(hostname=f"w{i}@{names.suffix}")
-    sender = threading.Thread(target=send_tasks, args=(names, TASKS, 250.0), daemon=True)
+    sender = threading.Thread(
+        target=send_tasks,
+        args=(names.exchange, names.task_queue, TASKS, 250.0),
+        daemon=True,
+    )
     sender.start()
     poll(lambda: rabbit.queue_state(witness)[0] > 300, 60, what="events under way")
     replicas[0].kill()  # the first to attach: the active one under single-active-consumer
@@ -161,7 +139,11 @@ def test_ordered_keeps_every_task_in_order_through_a_kafka_outage(
         BRIDGE_KAFKA_REQUEST_TIMEOUT_MS="1000",
     )
     worker()
-    sender = threading.Thread(target=send_tasks, args=(names, TASKS, 250.0), daemon=True)
+    sender = threading.Thread(
+        target=send_tasks,
+        args=(names.exchange, names.task_queue, TASKS, 250.0),
+        daemon=True,
+    )
     sender.start()
     poll(lambda: rabbit.queue_state(witness)[0] > 300, 60, what="events under way")
     assert own_kafka.process is not None
