@@ -19,6 +19,7 @@ import click
 from bench import drains
 from bench.drains import Drain, Setup
 from bench.latency import run_rates
+from bench.ordering import run_topologies
 from bench.queues import Rabbit, event_count, generate
 from bench.report import Report
 from bridge.embedded import EmbeddedKafka
@@ -26,6 +27,7 @@ from bridge.embedded import EmbeddedKafka
 QUICK_EVENTS = 20_000
 QUICK_RATES = "500,2000"
 QUICK_SECONDS = 5.0
+QUICK_TASKS = 300
 
 
 @contextlib.contextmanager
@@ -92,9 +94,18 @@ def throughput(setup: Setup, which: str) -> list[Drain]:
     help="How long each latency rate runs [env: BENCH_RATE_SECONDS].",
 )
 @click.option(
+    "--ordering-tasks",
+    type=int,
+    default=1500,
+    envvar="BENCH_ORDERING_TASKS",
+    show_default=True,
+    help="Tasks of each topology's ordering run; 0: none [env: BENCH_ORDERING_TASKS].",
+)
+@click.option(
     "--quick",
     is_flag=True,
-    help=f"{QUICK_EVENTS:,} events, rates {QUICK_RATES}, {QUICK_SECONDS:.0f} s each.",
+    help=f"{QUICK_EVENTS:,} events, rates {QUICK_RATES}, {QUICK_SECONDS:.0f} s each, "
+    f"{QUICK_TASKS} tasks per topology.",
 )
 @click.option(
     "--out",
@@ -134,6 +145,7 @@ def main(
     events: int,
     rates: str,
     rate_seconds: float,
+    ordering_tasks: int,
     quick: bool,
     out: Path,
     amqp_url: str,
@@ -144,6 +156,7 @@ def main(
     """Drain N events four ways, then time events through the bridge at fixed rates."""
     if quick:
         events, rates, rate_seconds = min(events, QUICK_EVENTS), QUICK_RATES, QUICK_SECONDS
+        ordering_tasks = min(ordering_tasks, QUICK_TASKS)
     rate_list = [float(r) for r in rates.split(",") if r.strip()]
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     workdir = out / "logs"
@@ -164,6 +177,8 @@ def main(
             drained = throughput(setup, which)
             click.echo(f"latency at {', '.join(f'{r:,.0f}' for r in rate_list) or 'no'} events/s")
             latencies = run_rates(setup, rate_list, rate_seconds)
+            click.echo(f"ordering: {ordering_tasks:,} tasks per topology, three replicas")
+            orderings = run_topologies(setup, ordering_tasks)
         finally:
             clean_up(amqp_url, prefix, len(rate_list))
     meta = {
@@ -177,7 +192,9 @@ def main(
         "rate_seconds": rate_seconds,
         "prefix": prefix,
     }
-    report = Report(meta, drained, [lat for lat, _ in latencies], [a for _, a in latencies])
+    report = Report(
+        meta, drained, [lat for lat, _ in latencies], [a for _, a in latencies], orderings
+    )
     paths = report.write(out)
     click.echo("\n" + report.markdown())
     click.echo("written: " + ", ".join(str(p) for p in paths))

@@ -23,6 +23,8 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
         "200",
         "--rate-seconds",
         "2",
+        "--ordering-tasks",
+        "20",
         "--out",
         str(tmp_path),
         "--amqp-url",
@@ -49,6 +51,10 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     to_ack = latency["to_ack"]
     assert 0 < to_ack["p50"] <= to_ack["p95"] <= to_ack["p99"] <= to_ack["max"]
     assert len(report["targets"]) == 4
+    orderings = {o["topology"]: o for o in report["ordering"]}
+    assert sorted(orderings) == ["competing", "ordered", "sharded"]
+    assert all(o["records"] >= 3 * 20 for o in orderings.values()), "every task's records read"
+    assert orderings["ordered"]["inversions"] == 0
 
     markdown = (tmp_path / "results.md").read_text()
     assert "| (c) bridge x1" in markdown and "Ratios: c/a = " in markdown
