@@ -46,7 +46,8 @@ def clean_up(amqp_url: str, prefix: str, rates: int) -> None:
     rabbit = Rabbit(amqp_url)
     try:
         for name in names:
-            rabbit.channel.queue_delete(f"celeryev.{name}")
+            for queue in (f"celeryev.{name}", f"celeryev.{name}.competing"):  # ordered, (d)
+                rabbit.channel.queue_delete(queue)
             rabbit.channel.exchange_delete(name)
     finally:
         rabbit.close()
