@@ -551,3 +551,15 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def assert_witnessed_in_kafka(
+    bootstrap: str, topic: str, rabbit: Rabbit, witness: str, timeout: float = 90.0
+) -> None:
+    """Every event the witness queue saw is in the topic (read until it is, or ``timeout``)."""
+    expected = sent_event_ids(rabbit.drain(witness))
+    records = read_topic(
+        bootstrap, topic, until=lambda rs: expected <= event_ids(rs), timeout=timeout
+    )
+    missing = expected - event_ids(records)
+    assert not missing, f"lost {len(missing)} of {len(expected)} events"

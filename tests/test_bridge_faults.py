@@ -16,6 +16,7 @@ from tests.conftest import BridgeFactory
 from tests.support import (
     Names,
     Rabbit,
+    assert_witnessed_in_kafka,
     event_ids,
     json_lines,
     poll,
@@ -32,12 +33,7 @@ def in_background(target: object, *args: object) -> threading.Thread:
 
 
 def assert_nothing_lost(kafka: EmbeddedKafka, names: Names, rabbit: Rabbit, witness: str) -> None:
-    expected = sent_event_ids(rabbit.drain(witness))
-    records = read_topic(
-        kafka.bootstrap_servers, names.topic, until=lambda rs: expected <= event_ids(rs), timeout=90
-    )
-    missing = expected - event_ids(records)
-    assert not missing, f"lost {len(missing)} of {len(expected)} events"
+    assert_witnessed_in_kafka(kafka.bootstrap_servers, names.topic, rabbit, witness)
     poll(lambda: rabbit.queue_state(names.queue)[0] == 0, 30, what="bridge queue drained")
 
 
@@ -102,14 +98,7 @@ def test_a_frozen_kafka_loses_nothing_and_memory_stays_bounded(
     publisher.join(60)
     assert bridge.alive()
     assert peak_rss < 250 * 2**20, f"peak RSS {peak_rss / 2**20:.0f} MiB while Kafka was frozen"
-    expected = sent_event_ids(rabbit.drain(witness))
-    records = read_topic(
-        own_kafka.bootstrap_servers,
-        names.topic,
-        until=lambda rs: expected <= event_ids(rs),
-        timeout=120,
-    )
-    assert not expected - event_ids(records)
+    assert_witnessed_in_kafka(own_kafka.bootstrap_servers, names.topic, rabbit, witness, 120)
     assert "kafka send failed" in bridge.log(), "the freeze never reached the retry path"
 
 

@@ -19,6 +19,7 @@ from tests.support import (
     KafkaRecord,
     Names,
     Rabbit,
+    assert_witnessed_in_kafka,
     event_ids,
     events_of,
     in_topic_order,
@@ -27,7 +28,6 @@ from tests.support import (
     publish_events,
     read_topic,
     send_tasks,
-    sent_event_ids,
 )
 
 TASKS = 1500
@@ -38,6 +38,18 @@ def final_states(events: list[dict[str, Any]]) -> dict[str, str]:
     for event in events:
         state.event({**event, "local_received": event["timestamp"]})
     return {uuid: task.state for uuid, task in state.tasks.items()}
+
+
+def tasks_under_way(names: Names, rabbit: Rabbit, witness: str) -> threading.Thread:
+    """TASKS tasks sent at 250/s in the background, returned once their events flow."""
+    sender = threading.Thread(
+        target=send_tasks,
+        args=(names.exchange, names.task_queue, TASKS, 250.0),
+        daemon=True,
+    )
+    sender.start()
+    poll(lambda: rabbit.queue_state(witness)[0] > 300, 60, what="events under way")
+    return sender
 
 
 def run_scenario(
@@ -57,13 +69,7 @@ def run_scenario(
     replicas = [start_bridge(BRIDGE_TOPOLOGY=topology) for _ in range(3)]
     for i in range(workers):
         worker(hostname=f"w{i}@{names.suffix}")
-    sender = threading.Thread(
-        target=send_tasks,
-        args=(names.exchange, names.task_queue, TASKS, 250.0),
-        daemon=True,
-    )
-    sender.start()
-    poll(lambda: rabbit.queue_state(witness)[0] > 300, 60, what="events under way")
+    sender = tasks_under_way(names, rabbit, witness)
     replicas[0].kill()  # the first to attach: the active one under single-active-consumer
     killed_at = time.time()  # once it is dead: every record stamped later is another's
     sender.join(60)
@@ -139,13 +145,7 @@ def test_ordered_keeps_every_task_in_order_through_a_kafka_outage(
         BRIDGE_KAFKA_REQUEST_TIMEOUT_MS="1000",
     )
     worker()
-    sender = threading.Thread(
-        target=send_tasks,
-        args=(names.exchange, names.task_queue, TASKS, 250.0),
-        daemon=True,
-    )
-    sender.start()
-    poll(lambda: rabbit.queue_state(witness)[0] > 300, 60, what="events under way")
+    sender = tasks_under_way(names, rabbit, witness)
     assert own_kafka.process is not None
     broker = psutil.Process(own_kafka.process.pid)
     broker.suspend()
@@ -197,11 +197,7 @@ def test_switching_topology_drains_the_old_queue_then_deletes_it_and_loses_nothi
         start_bridge(BRIDGE_SHUTDOWN_GRACE_SECONDS="2")
     publish_events(names.exchange, 1_000)
     poll(lambda: not rabbit.queue_exists(old_queue), 60, what="the old queue retired")
-    expected = sent_event_ids(rabbit.drain(witness))
-    records = read_topic(
-        kafka.bootstrap_servers, names.topic, until=lambda rs: expected <= event_ids(rs), timeout=60
-    )
-    assert not expected - event_ids(records), "events lost in the switch"
+    assert_witnessed_in_kafka(kafka.bootstrap_servers, names.topic, rabbit, witness, 60)
     poll(lambda: rabbit.queue_state(names.queue)[0] == 0, 30, what="new queue drained")
 
 
@@ -223,11 +219,7 @@ def test_an_old_replica_restarting_mid_switch_cannot_leave_the_exchange_feeding_
     publish_events(names.exchange, 500)  # into the old queue, the only one bound
     poll(lambda: not rabbit.queue_exists(old_queue), 60, what="the old queue retired")
     publish_events(names.exchange, 500)  # only the new queue can take these
-    expected = sent_event_ids(rabbit.drain(witness))
-    records = read_topic(
-        kafka.bootstrap_servers, names.topic, until=lambda rs: expected <= event_ids(rs), timeout=60
-    )
-    assert not expected - event_ids(records), "events lost after the old queue was retired"
+    assert_witnessed_in_kafka(kafka.bootstrap_servers, names.topic, rabbit, witness, 60)
 
 
 def test_a_queue_declared_with_other_arguments_stops_the_bridge_with_one_line_and_exit_2(
