@@ -48,6 +48,11 @@ class TopicNotFound(BridgeError):
     """The events topic does not exist (yet) on the brokers."""
 
 
+UNTIL_MARGIN_SECONDS = 60.0
+"""Records are stamped by the replica that wrote them, so a partition's timestamps can run a
+little out of order (clock skew, a failover): a scan stops only this far past ``until``."""
+
+
 @dataclass(frozen=True)
 class Scan:
     """What to read from the events topic.
@@ -55,7 +60,9 @@ class Scan:
     ``since``/``until`` bound the Kafka record timestamp (epoch seconds, inclusive). Without
     ``follow`` the stream ends once it reached the end of the topic and no record came for
     ``idle_seconds``; with it, it waits for new events forever (starting at the end unless
-    ``since`` is given). ``task_id`` reads only the partition that task's key maps to.
+    ``since`` is given). A partition's scan also ends at its first record `UNTIL_MARGIN_SECONDS`
+    past ``until``, so an old ``until`` does not read the rest of the topic. ``task_id`` reads
+    only the partition that task's key maps to.
     """
 
     bootstrap_servers: str | Sequence[str]
@@ -95,6 +102,7 @@ class ScanStats:
 class _Position:
     ends: dict[TopicPartition, int] = field(default_factory=dict)
     last_record: float = field(default_factory=time.monotonic)
+    past_until: set[TopicPartition] = field(default_factory=set)
 
 
 class EventStream:
@@ -164,6 +172,8 @@ class EventStream:
             self._position.last_record = time.monotonic()
             for tp, records in batches.items():
                 for record in records:
+                    if tp in self._position.past_until:
+                        break
                     for event in self._accept(tp, record):
                         self.stats.yielded += 1
                         yield event
@@ -188,6 +198,9 @@ class EventStream:
         if scan.since is not None and record.timestamp < scan.since * 1000:
             return None
         if scan.until is not None and record.timestamp > scan.until * 1000:
+            if record.timestamp > (scan.until + UNTIL_MARGIN_SECONDS) * 1000 and not scan.follow:
+                self._position.past_until.add(tp)
+                self._started().pause(tp)
             return None
         try:
             data = orjson.loads(record.value)
@@ -278,11 +291,14 @@ class EventStream:
         Both are needed: some brokers report end offsets that trail what they serve, and a
         fetch can come back empty in the middle of a real one.
         """
-        if time.monotonic() - self._position.last_record < self.scan.idle_seconds:
+        position = self._position
+        if len(position.past_until) == len(self._partitions):
+            return True
+        if time.monotonic() - position.last_record < self.scan.idle_seconds:
             return False
         consumer = self._started()
-        for tp, end in self._position.ends.items():
-            if await consumer.position(tp) < end:
+        for tp, end in position.ends.items():
+            if tp not in position.past_until and await consumer.position(tp) < end:
                 return False
         return True
 

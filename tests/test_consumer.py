@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bridge.codec import record_key
-from bridge.consumer import EventStream, Scan, partition_for, read_events
+from bridge.consumer import UNTIL_MARGIN_SECONDS, EventStream, Scan, partition_for, read_events
 from bridge.embedded import EmbeddedKafka
 from bridge.events import ClockOrder, Dedup, Event
 from tests.support import Names, poll, read_topic
@@ -169,6 +169,22 @@ def test_since_and_until_bound_the_record_time_on_the_client(
     assert [e.data for e in read_events(scan)] == late
     before = replace(scan, since=None, until=boundary)
     assert [e.data for e in read_events(before)] == early
+
+
+async def test_a_partition_scan_ends_at_its_first_record_well_past_until(
+    kafka: EmbeddedKafka, names: Names
+) -> None:
+    early = [encode(e) for e in task_events("bounded")]
+    await write_records_async(kafka.bootstrap_servers, names.topic, early)
+    until = time.time()
+    later = int((until + 2 * UNTIL_MARGIN_SECONDS) * 1000)
+    await write_records_async(kafka.bootstrap_servers, names.topic, early * 5, timestamp_ms=later)
+
+    scan = Scan(kafka.bootstrap_servers, names.topic, task_id="bounded", until=until)
+    async with EventStream(replace(scan, idle_seconds=30)) as stream:
+        got = [e async for e in stream]
+    assert [e.value for e in got] == [r.value for r in early]
+    assert stream.stats.scanned == len(early) + 1, "read on past the first late record"
 
 
 def test_the_readme_example_runs_and_finds_the_failures(kafka: EmbeddedKafka, names: Names) -> None:

@@ -25,8 +25,11 @@ def encode(event: dict[str, Any] | bytes) -> EventRecord:
     return record
 
 
-async def write_records_async(bootstrap: str, topic: str, records: Sequence[EventRecord]) -> None:
-    """Write ``records`` in order, as the bridge's producer would (4 partitions if new)."""
+async def write_records_async(
+    bootstrap: str, topic: str, records: Sequence[EventRecord], timestamp_ms: int | None = None
+) -> None:
+    """Write ``records`` in order, as the bridge's producer would (4 partitions if new),
+    stamped now or at ``timestamp_ms``."""
     config = Config.load(
         kafka_bootstrap_servers=bootstrap,
         topic=topic,
@@ -39,12 +42,18 @@ async def write_records_async(bootstrap: str, topic: str, records: Sequence[Even
     async with AIOKafkaProducer(**sink.producer_options()) as producer:
         for record in records:
             await producer.send_and_wait(
-                topic, record.value, key=record.key, headers=record.headers
+                topic,
+                record.value,
+                key=record.key,
+                headers=record.headers,
+                timestamp_ms=timestamp_ms,
             )
 
 
-def write_records(bootstrap: str, topic: str, records: Sequence[EventRecord]) -> None:
-    asyncio.run(write_records_async(bootstrap, topic, records))
+def write_records(
+    bootstrap: str, topic: str, records: Sequence[EventRecord], timestamp_ms: int | None = None
+) -> None:
+    asyncio.run(write_records_async(bootstrap, topic, records, timestamp_ms))
 
 
 def task_events(
