@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from amqp.exceptions import NotFound
+from amqp.exceptions import NotFound, ResourceLocked
 from kombu.entity import Exchange
 
 from bridge.config import Config
@@ -50,3 +50,28 @@ def queue_state(conn: Any, queue: str) -> tuple[int, int] | None:
         return None
     channel.close()
     return int(ready), int(consumers)
+
+
+def take_exclusive(conn: Any, queue: str) -> bool:
+    """Declare ``queue`` exclusive to this connection, unless another one holds it: a lock
+    that RabbitMQ releases when the holder's connection goes."""
+    channel = conn.channel()  # a refused declare closes its channel
+    try:
+        channel.queue_declare(queue, exclusive=True)
+    except ResourceLocked:
+        return False
+    channel.close()
+    return True
+
+
+def held_elsewhere(conn: Any, queue: str) -> bool:
+    """Whether another connection holds the exclusive ``queue``."""
+    channel = conn.channel()
+    try:
+        channel.queue_declare(queue, passive=True)
+    except ResourceLocked:
+        return True
+    except NotFound:
+        return False
+    channel.close()
+    return False  # only this connection's own exclusive queue answers a passive declare

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from itertools import count, takewhile
 from typing import Any
 
-from amqp.exceptions import NotFound, ResourceLocked
+from amqp.exceptions import NotFound
 
-from bridge.queues import queue_state
+from bridge.queues import queue_state, take_exclusive
 from bridge.topology import Leftovers
 
 log = logging.getLogger(__name__)
@@ -89,16 +89,10 @@ class QueueRetirer:
         """Whether this replica is the one that retires: the holder of an exclusive queue, which
         RabbitMQ drops with its connection, so another replica takes over. (Two retirers would
         each see the other as a consumer and never let the queue go.)"""
-        if not self._lead:
-            channel = self._conn.channel()
-            try:
-                channel.queue_declare(self._leftovers.lock, exclusive=True)
-            except ResourceLocked:
-                return False
-            channel.close()
+        if not self._lead and take_exclusive(self._conn, self._leftovers.lock):
             self._lead = True
             log.info("this replica retires what other topologies left")
-        return True
+        return self._lead
 
     def _exists(self, queue: str) -> bool:
         return queue_state(self._conn, queue) is not None

@@ -14,11 +14,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from amqp.exceptions import InvalidCommand, NotFound, ResourceLocked
+from amqp.exceptions import InvalidCommand
 
 from bridge.config import Config
 from bridge.errors import ConfigError
-from bridge.queues import event_exchange, queue_arguments, queue_state
+from bridge.queues import (
+    event_exchange,
+    held_elsewhere,
+    queue_arguments,
+    queue_state,
+    take_exclusive,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +111,9 @@ class ShardBalancer:
         first = os.getpid() % len(queues)
         for queue in queues[first:] + queues[:first]:
             self._consume(queue)
-        self._slot = next(i for i in itertools.count() if self._took(self._slot_queue(i)))
+        self._slot = next(
+            i for i in itertools.count() if take_exclusive(self._conn, self._slot_queue(i))
+        )
         # Counted as a replica only once in every shard's line.
         self._presence = self._channel.basic_consume(
             replicas_queue(self._config), no_ack=True, callback=_ignore
@@ -120,7 +128,7 @@ class ShardBalancer:
         self._next_check = now + _BALANCE_SECONDS
         replicas = max(self._replicas(), 1)
         shards = len(self._config.shard_queues)
-        ahead = sum(self._held(self._slot_queue(i)) for i in range(self._slot))
+        ahead = sum(held_elsewhere(self._conn, self._slot_queue(i)) for i in range(self._slot))
         share = shards // replicas + (ahead < shards % replicas)
         active = sorted(self._active, key=self._shard_of.__getitem__)
         for tag in active[share:]:
@@ -157,28 +165,6 @@ class ShardBalancer:
 
     def _slot_queue(self, index: int) -> str:
         return f"{replicas_queue(self._config)}.slot-{index}"
-
-    def _took(self, queue: str) -> bool:
-        """Declared ``queue`` exclusive to this connection, unless another one holds it."""
-        channel = self._conn.channel()  # a refused declare closes its channel
-        try:
-            channel.queue_declare(queue, exclusive=True)
-        except ResourceLocked:
-            return False
-        channel.close()
-        return True
-
-    def _held(self, queue: str) -> bool:
-        """Whether another replica holds the exclusive ``queue``."""
-        channel = self._conn.channel()
-        try:
-            channel.queue_declare(queue, passive=True)
-        except ResourceLocked:
-            return True
-        except NotFound:
-            return False
-        channel.close()
-        return False  # only this connection's own queue answers a passive declare
 
     def _replicas(self) -> int:
         """How many replicas are attached: the consumers of the replicas queue."""
