@@ -23,7 +23,7 @@ test: install services
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check bridge tests chaos
+	$(BIN)/ruff check bridge tests harness bench chaos
 	$(BIN)/mypy
 
 demo: install services

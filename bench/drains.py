@@ -23,9 +23,9 @@ from kombu import Connection, Consumer, Queue
 from bench.kafka import read
 from bench.loadgen import event_app
 from bench.queues import Captured, Rabbit, replay
-from bridge.config import Config
-from bridge.topology import topology_for
-from tests.support import BridgeProcess
+from celery_kafka_bridge.amqp.topology import topology_for
+from celery_kafka_bridge.config import Config
+from harness.support import BridgeProcess
 
 
 @dataclass(frozen=True)

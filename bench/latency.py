@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.drains import RssSampler, Setup, bridge_config, consuming_since, replicas
 from bench.kafka import Arrivals, arrivals_recorder, read
-from bridge.embedded import free_port
-from tests.support import ROOT, BridgeProcess
+from celery_kafka_bridge.embedded import free_port
+from harness.support import ROOT, BridgeProcess
 
 ACK_WITHIN_SECONDS = 0.025
 """A bucket bound of the bridge's event-age histogram: the p99 target, read exactly."""

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from bench.drains import Setup, bridge_config, consuming_since, replicas
 from bench.queues import Rabbit
-from bridge.config import Config
-from bridge.ordering import count_inversions
-from bridge.shards import replicas_queue
-from tests.support import (
+from celery_kafka_bridge.amqp.shards import replicas_queue
+from celery_kafka_bridge.config import Config
+from harness.ordering import count_inversions
+from harness.support import (
     KafkaRecord,
     in_topic_order,
     read_topic,

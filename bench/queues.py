@@ -15,7 +15,7 @@ import amqp
 import orjson
 
 from bench.loadgen import Workers, event_app
-from tests import support
+from harness import support
 
 
 @dataclass(frozen=True, slots=True)

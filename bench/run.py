@@ -22,7 +22,7 @@ from bench.latency import run_rates
 from bench.ordering import run_topologies
 from bench.queues import Rabbit, event_count, generate
 from bench.report import Report
-from bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.embedded import EmbeddedKafka
 
 QUICK_EVENTS = 20_000
 QUICK_RATES = "500,2000"

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import msgpack
 
-from bridge.codec import Reason
+from celery_kafka_bridge.codec import Reason
 
 _EVENT = {"type": "task-received", "uuid": "bad-1", "hostname": "w@h", "clock": 1}
 

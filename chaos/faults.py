@@ -9,7 +9,7 @@ import struct
 import subprocess
 import threading
 
-from bridge.embedded import free_port
+from celery_kafka_bridge.embedded import free_port
 from chaos.load import background
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import Any
 import amqp
 import orjson
 
-from tests.support import publish_events
+from harness.support import publish_events
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import psutil
 from aiokafka.admin import AIOKafkaAdminClient
 
 from chaos.load import LoadLog, background
-from tests.support import KafkaRecord, scan_topic
+from harness.support import KafkaRecord, scan_topic
 
 
 def list_topics(bootstrap: str) -> list[str]:

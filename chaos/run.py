@@ -13,7 +13,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.embedded import EmbeddedKafka
 from chaos import report
 from chaos.measure import Result
 from chaos.profiles import PROFILES, Profile

@@ -13,14 +13,14 @@ from collections.abc import Callable
 
 import psutil
 
-from bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.embedded import EmbeddedKafka
 from chaos.badinput import BAD_MESSAGES, expected_reasons
 from chaos.faults import TcpProxy, close_connections_from, rabbitmqctl
 from chaos.load import ConfirmedPublisher, LoadLog, background, celery_load
 from chaos.measure import Result, Sampler, Tally, list_topics
 from chaos.profiles import Profile
 from chaos.stage import Context, Stage
-from tests.support import BridgeProcess
+from harness.support import BridgeProcess
 
 Scenario = Callable[[Profile, Context], Result]
 

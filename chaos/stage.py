@@ -9,9 +9,9 @@ from typing import Any
 
 import amqp
 
-from bridge.embedded import free_port
+from celery_kafka_bridge.embedded import free_port
 from chaos.measure import Sampler, Tally
-from tests.support import BridgeProcess, Names, Rabbit, bridge_env, poll
+from harness.support import BridgeProcess, Names, Rabbit, bridge_env, poll
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.embedded import EmbeddedKafka
-from tests.support import (
+from celery_kafka_bridge.embedded import EmbeddedKafka
+from harness.support import (
     BridgeProcess,
     Names,
     Rabbit,

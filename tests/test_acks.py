@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.acks import AckTracker
+from celery_kafka_bridge.acks import AckTracker
 
 
 def tracker_with(tags: list[int]) -> AckTracker:

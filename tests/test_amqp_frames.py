@@ -9,8 +9,8 @@ from typing import Any
 import amqp
 import pytest
 
-from bridge.amqp_frames import Delivered, fast_frame_handler
-from tests.support import Names, Rabbit, poll
+from celery_kafka_bridge.amqp.frames import Delivered, fast_frame_handler
+from harness.support import Names, Rabbit, poll
 
 # (body, properties) covering what py-amqp decodes: every property kind, headers tables, no
 # properties, an empty body and bodies spanning several frames (RabbitMQ's frame_max: 128 KiB).

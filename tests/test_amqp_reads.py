@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from amqp.exceptions import UnexpectedFrame
 
-from bridge.amqp_reads import BufferedTCPTransport
+from celery_kafka_bridge.amqp.reads import BufferedTCPTransport
 
 
 def frame(channel: int, payload: bytes) -> bytes:

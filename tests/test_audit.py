@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.audit import (
+from celery_kafka_bridge.reader.audit import (
     EventFilter,
     StateBuilder,
     build_timeline,

@@ -12,12 +12,12 @@ from celery.events.receiver import EventReceiver
 from celery.events.state import State
 from click.testing import CliRunner
 
-from bridge.cli import main
-from bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.cli import main
+from celery_kafka_bridge.embedded import EmbeddedKafka
+from harness.support import KafkaRecord, Names, Rabbit, events_of, read_topic
+from harness.topic_writer import encode, task_events, write_records
 from tests.conftest import BridgeFactory
-from tests.support import KafkaRecord, Names, Rabbit, events_of, read_topic
 from tests.test_bridge_end_to_end import client_app, run_task_mix
-from tests.topic_writer import encode, task_events, write_records
 
 FINAL = {"task-succeeded", "task-failed", "task-revoked"}
 

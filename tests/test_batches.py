@@ -8,9 +8,9 @@ import time
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from bridge.batches import BatchWriter
-from bridge.embedded import EmbeddedKafka
-from tests.support import Names, read_topic
+from celery_kafka_bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.kafka.batches import BatchWriter
+from harness.support import Names, read_topic
 
 
 async def _producer(kafka: EmbeddedKafka) -> AIOKafkaProducer:

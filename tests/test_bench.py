@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from bench.latency import Percentiles
 from bench.run import main
-from bridge.embedded import EmbeddedKafka
-from tests.support import AMQP_URL
+from celery_kafka_bridge.embedded import EmbeddedKafka
+from harness.support import AMQP_URL
 
 
 def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(

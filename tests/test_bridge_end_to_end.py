@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 from celery import Celery
 
-from bridge.codec import event_id
-from bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.codec import event_id
+from celery_kafka_bridge.embedded import EmbeddedKafka
+from harness.support import AMQP_URL, KafkaRecord, Names, Rabbit, events_of, poll, read_topic
 from tests.conftest import BridgeFactory
-from tests.support import AMQP_URL, KafkaRecord, Names, Rabbit, events_of, poll, read_topic
 
 TASK_EVENTS = {
     "task-sent",

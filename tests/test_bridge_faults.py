@@ -10,10 +10,9 @@ import time
 import psutil
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bridge.codec import Reason
-from bridge.embedded import EmbeddedKafka, free_port
-from tests.conftest import BridgeFactory
-from tests.support import (
+from celery_kafka_bridge.codec import Reason
+from celery_kafka_bridge.embedded import EmbeddedKafka, free_port
+from harness.support import (
     Names,
     Rabbit,
     assert_witnessed_in_kafka,
@@ -24,6 +23,7 @@ from tests.support import (
     read_topic,
     sent_event_ids,
 )
+from tests.conftest import BridgeFactory
 
 
 def in_background(target: object, *args: object) -> threading.Thread:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.embedded import EmbeddedKafka
 from chaos import scenarios
 from chaos.measure import Result
 from chaos.profiles import SHORT

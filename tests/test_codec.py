@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.codec import DeadLetter, Envelope, EventRecord, Reason, decode, event_id, record_key
+from celery_kafka_bridge.codec import (
+    DeadLetter,
+    Envelope,
+    EventRecord,
+    Reason,
+    decode,
+    event_id,
+    record_key,
+)
 
 MAX = 10_000
 

@@ -13,7 +13,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.codec import DeadLetter, Envelope, EventRecord, Outcome, Reason, decode
+from celery_kafka_bridge.codec import DeadLetter, Envelope, EventRecord, Outcome, Reason, decode
 
 MAX = 50_000
 fuzz = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import Config
-from bridge.errors import ConfigError
-from bridge.queues import queue_arguments
-from tests.support import run_cli
+from celery_kafka_bridge.amqp.queues import queue_arguments
+from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.errors import ConfigError
+from harness.support import run_cli
 
 
 def test_defaults_match_the_documented_ones() -> None:

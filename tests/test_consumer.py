@@ -13,12 +13,18 @@ from typing import Any
 
 import pytest
 
-from bridge.codec import record_key
-from bridge.consumer import UNTIL_MARGIN_SECONDS, EventStream, Scan, partition_for, read_events
-from bridge.embedded import EmbeddedKafka
-from bridge.events import ClockOrder, Dedup, Event
-from tests.support import Names, poll, read_topic
-from tests.topic_writer import encode, task_events, write_records, write_records_async
+from celery_kafka_bridge.codec import record_key
+from celery_kafka_bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.reader.events import ClockOrder, Dedup, Event
+from celery_kafka_bridge.reader.stream import (
+    UNTIL_MARGIN_SECONDS,
+    EventStream,
+    Scan,
+    partition_for,
+    read_events,
+)
+from harness.support import Names, poll, read_topic
+from harness.topic_writer import encode, task_events, write_records, write_records_async
 
 
 def event(task_id: str | None, clock: int | None, offset: int, hostname: str = "w@h") -> Event:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import AMQP_URL, ROOT, Names, Rabbit, events_of, poll
+from harness.support import AMQP_URL, ROOT, Names, Rabbit, events_of, poll
 
 DEMO_TASKS = {"demo.tasks.add", "demo.tasks.sometimes_fail", "demo.tasks.flaky"}
 EVENT_TYPES = {"task-sent", "task-received", "task-succeeded", "task-failed", "task-retried"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tests.support import Rabbit, run_cli
+from harness.support import Rabbit, run_cli
 
 
 def test_the_demo_shows_keyed_records_of_a_real_worker_and_stops_every_process_cleanly() -> None:

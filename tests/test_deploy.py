@@ -26,9 +26,9 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from bridge.cli import main as cli_main
-from bridge.config import ENV_PREFIX, Config
-from tests.support import ROOT
+from celery_kafka_bridge.cli import main as cli_main
+from celery_kafka_bridge.config import ENV_PREFIX, Config
+from harness.support import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -305,7 +305,7 @@ def test_image_entrypoint_runs_the_bridge_command() -> None:
     entrypoint = final_stage().last("ENTRYPOINT")
     assert entrypoint is not None and exec_form(entrypoint) == ["celery-kafka-bridge", "run"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["celery-kafka-bridge"] == "bridge.cli:main"
+    assert scripts["celery-kafka-bridge"] == "celery_kafka_bridge.cli:main"
     assert "run" in cli_main.commands
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import gc
 
-from bridge import heap
+from celery_kafka_bridge import heap
 
 
-def test_settle_moves_the_start_up_heap_out_of_the_collectors_reach() -> None:
+def test_freeze_startup_heap_moves_the_start_up_heap_out_of_the_collectors_reach() -> None:
     before = gc.get_freeze_count()
-    heap.settle()
+    heap.freeze_startup_heap()
     try:
         assert gc.get_freeze_count() > max(before, 10_000)
         assert (

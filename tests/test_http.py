@@ -7,9 +7,9 @@ import socket
 
 import psutil
 
-from bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.embedded import EmbeddedKafka
+from harness.support import BridgeProcess, json_lines, poll
 from tests.conftest import BridgeFactory
-from tests.support import BridgeProcess, json_lines, poll
 
 PREFIX = "celery_kafka_bridge"
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.config import Config
+from celery_kafka_bridge.config import Config
+from harness.support import Names, json_lines, poll, publish_events
 from tests.conftest import BridgeFactory
-from tests.support import Names, json_lines, poll, publish_events
 
 
 @pytest.fixture

@@ -7,14 +7,14 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
-from bridge.batches import OnFailed
-from bridge.codec import Envelope, EventRecord, Outcome
-from bridge.embedded import EmbeddedKafka
-from bridge.metrics import MAX_LABELS, Metrics
-from bridge.pipeline import Pipeline
-from bridge.source import Delivery
+from celery_kafka_bridge.amqp.source import Delivery
+from celery_kafka_bridge.codec import Envelope, EventRecord, Outcome
+from celery_kafka_bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.kafka.batches import OnFailed
+from celery_kafka_bridge.metrics import MAX_LABELS, Metrics
+from celery_kafka_bridge.pipeline import Pipeline
+from harness.support import Names, Rabbit, poll, publish_events
 from tests.conftest import BridgeFactory
-from tests.support import Names, Rabbit, poll, publish_events
 
 PREFIX = "celery_kafka_bridge"
 

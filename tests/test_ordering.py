@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.ordering import count_inversions
+from harness.ordering import count_inversions
 
 
 def event(kind: str, clock: int, uuid: str = "t1", pid: int = 1) -> dict[str, Any]:

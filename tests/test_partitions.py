@@ -7,7 +7,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.partitions import partition_for
+from celery_kafka_bridge.kafka.partitions import partition_for
 
 
 @given(key=st.binary(max_size=200), count=st.integers(min_value=1, max_value=64))

@@ -15,12 +15,12 @@ from celery.events.receiver import EventReceiver
 from click.testing import CliRunner
 from kombu import Connection
 
-from bridge.cli import main
-from bridge.codec import EventRecord
-from bridge.embedded import EmbeddedKafka
-from bridge.replay import RateLimiter
-from tests.support import Names, poll
-from tests.topic_writer import encode, task_events, write_records
+from celery_kafka_bridge.cli import main
+from celery_kafka_bridge.codec import EventRecord
+from celery_kafka_bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.reader.replay import RateLimiter
+from harness.support import Names, poll
+from harness.topic_writer import encode, task_events, write_records
 
 ODD_BODY = b'{"type": "worker-heartbeat",  "hostname": "w1@h", "freq": 2.0, "timestamp": 1.5e9,\
  "utcoffset": 0, "pid": 7, "clock": 9, "active": 0, "processed": 3, "loadavg": [0.1, 0, 0]}'

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 from amqp.exceptions import InvalidCommand
 
-from bridge.config import Config
-from bridge.embedded import EmbeddedKafka
-from bridge.errors import ConfigError
-from bridge.ordering import count_inversions
-from bridge.shards import PLUGIN_MISSING, ShardedTopology, replicas_queue
-from tests.conftest import BridgeFactory
-from tests.support import (
+from celery_kafka_bridge.amqp.shards import PLUGIN_MISSING, ShardedTopology, replicas_queue
+from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.errors import ConfigError
+from harness.ordering import count_inversions
+from harness.support import (
     Names,
     Rabbit,
     assert_witnessed_in_kafka,
@@ -26,6 +25,7 @@ from tests.support import (
     poll,
     publish_events,
 )
+from tests.conftest import BridgeFactory
 from tests.test_topology import TASKS, final_states, run_scenario
 
 SHARDS = 4

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.errors import TransientError
-from bridge.sink import retried
+from celery_kafka_bridge.errors import TransientError
+from celery_kafka_bridge.kafka.sink import retried
 
 
 async def test_a_failing_operation_is_retried_until_it_succeeds() -> None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bridge.timeparse import format_time, parse_duration, parse_time
+from celery_kafka_bridge.reader.timeparse import format_time, parse_duration, parse_time
 
 NOW = 1_714_564_800.0  # 2024-05-01T12:00:00Z
 

@@ -19,13 +19,13 @@ import pytest
 import trustme
 from aiokafka import AIOKafkaProducer
 
-from bridge.config import Config
-from bridge.embedded import EmbeddedKafka, free_port, wait_for_port
-from bridge.errors import ConfigError
-from bridge.sink import KafkaSink
-from bridge.tls import amqp_ssl
+from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.embedded import EmbeddedKafka, free_port, wait_for_port
+from celery_kafka_bridge.errors import ConfigError
+from celery_kafka_bridge.kafka.sink import KafkaSink
+from celery_kafka_bridge.tls import amqp_ssl
+from harness.support import Names, Rabbit, poll, read_topic
 from tests.conftest import BridgeFactory
-from tests.support import Names, Rabbit, poll, read_topic
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,10 @@ from typing import Any
 import psutil
 from celery.events.state import State
 
-from bridge.codec import event_id
-from bridge.embedded import EmbeddedKafka
-from bridge.ordering import count_inversions
-from tests.conftest import BridgeFactory
-from tests.support import (
+from celery_kafka_bridge.codec import event_id
+from celery_kafka_bridge.embedded import EmbeddedKafka
+from harness.ordering import count_inversions
+from harness.support import (
     KafkaRecord,
     Names,
     Rabbit,
@@ -29,6 +28,7 @@ from tests.support import (
     read_topic,
     send_tasks,
 )
+from tests.conftest import BridgeFactory
 
 TASKS = 1500
 

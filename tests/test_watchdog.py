@@ -8,12 +8,12 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge.codec import EventRecord
-from bridge.config import Config
-from bridge.metrics import Metrics
-from bridge.watchdog import Watchdog
+from celery_kafka_bridge.codec import EventRecord
+from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.metrics import Metrics
+from celery_kafka_bridge.watchdog import Watchdog
+from harness.support import Names, poll
 from tests.conftest import BridgeFactory
-from tests.support import Names, poll
 from tests.test_bridge_end_to_end import client_app
 
 PREFIX = "celery_kafka_bridge"

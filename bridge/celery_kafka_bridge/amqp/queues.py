@@ -1,0 +1,77 @@
+"""How the bridge's queues and Celery's event exchange are declared, whatever the topology."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amqp.exceptions import NotFound, ResourceLocked
+from kombu.entity import Exchange
+
+from celery_kafka_bridge.config import Config
+
+
+def event_exchange(name: str) -> Exchange:
+    """Celery's event exchange, declared exactly as Celery declares it (topic, durable)."""
+    return Exchange(name, type="topic", durable=True, auto_delete=False)
+
+
+def queue_arguments(config: Config, server_version: str) -> dict[str, Any]:
+    """Arguments of the bridge queue: durable type, optional length bound, delivery limit."""
+    args: dict[str, Any] = {"x-queue-type": config.queue_type}
+    if config.queue_max_length is not None:
+        args["x-max-length"] = config.queue_max_length
+        args["x-overflow"] = config.queue_overflow
+    if config.dead_letter_exchange is not None:
+        args["x-dead-letter-exchange"] = config.dead_letter_exchange
+    if config.queue_type == "quorum":
+        if config.delivery_limit is not None:
+            args["x-delivery-limit"] = config.delivery_limit
+        elif _major(server_version) >= 4:
+            # 4.0+ defaults quorum queues to 20 deliveries and then drops; -1 is unlimited there.
+            # On 3.x the limit is unlimited when absent, and -1 would drop after one delivery.
+            args["x-delivery-limit"] = -1
+    return args
+
+
+def _major(version: str) -> int:
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def queue_state(conn: Any, queue: str) -> tuple[int, int] | None:
+    """(ready messages, consumers) of a queue, or None if it does not exist.
+
+    Asked on a channel of its own, because a failed passive declare closes its channel.
+    """
+    channel = conn.channel()
+    try:
+        _, ready, consumers = channel.queue_declare(queue, passive=True)
+    except NotFound:
+        return None
+    channel.close()
+    return int(ready), int(consumers)
+
+
+def take_exclusive(conn: Any, queue: str) -> bool:
+    """Declare ``queue`` exclusive to this connection, unless another one holds it: a lock
+    that RabbitMQ releases when the holder's connection goes."""
+    channel = conn.channel()  # a refused declare closes its channel
+    try:
+        channel.queue_declare(queue, exclusive=True)
+    except ResourceLocked:
+        return False
+    channel.close()
+    return True
+
+
+def held_elsewhere(conn: Any, queue: str) -> bool:
+    """Whether another connection holds the exclusive ``queue``."""
+    channel = conn.channel()
+    try:
+        channel.queue_declare(queue, passive=True)
+    except ResourceLocked:
+        return True
+    except NotFound:
+        return False
+    channel.close()
+    return False  # only this connection's own exclusive queue answers a passive declare

@@ -1,0 +1,176 @@
+"""The sharded topology: events hashed by worker into shard queues, spread over the replicas.
+
+A consistent-hash exchange (RabbitMQ plugin) bound to the event exchange hashes the ``hostname``
+header every Celery event carries, so one worker's events always land in the same shard. Each
+shard is a single-active-consumer queue: one replica consumes it, in order, the others wait.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from amqp.exceptions import InvalidCommand
+
+from celery_kafka_bridge.amqp.queues import (
+    event_exchange,
+    held_elsewhere,
+    queue_arguments,
+    queue_state,
+    take_exclusive,
+)
+from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PLUGIN_MISSING = (
+    "sharded topology needs the RabbitMQ plugin: "
+    "rabbitmq-plugins enable rabbitmq_consistent_hash_exchange"
+)
+_BALANCE_SECONDS = 2.0
+_REPLICAS_QUEUE_EXPIRES_MS = 60_000
+
+
+def replicas_queue(config: Config) -> str:
+    """Consumed by every sharded replica and fed by nothing: its consumer count is the replicas."""
+    return f"{config.queue_prefix}.{config.node_id}.sharded-replicas"
+
+
+class ShardedTopology:
+    """Declares the hash exchange, its binding to the event exchange, and the shard queues."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    def declare(self, channel: Any, server_version: str) -> list[str]:
+        config = self._config
+        try:
+            channel.exchange_declare(
+                config.shard_exchange,
+                "x-consistent-hash",
+                durable=True,
+                auto_delete=False,
+                arguments={"hash-header": "hostname"},
+            )
+        except InvalidCommand as exc:  # "unknown exchange type": the plugin is off
+            raise ConfigError(PLUGIN_MISSING) from exc
+        event_exchange(config.event_exchange)(channel).declare()
+        channel.exchange_bind(config.shard_exchange, config.event_exchange, "#")
+        arguments = {
+            **queue_arguments(config, server_version),
+            "x-single-active-consumer": True,
+        }
+        for queue in config.shard_queues:
+            channel.queue_declare(queue, durable=True, auto_delete=False, arguments=arguments)
+            channel.queue_bind(queue, config.shard_exchange, "1")  # routing key = ring weight
+        channel.queue_declare(
+            replicas_queue(config),
+            durable=False,
+            auto_delete=False,
+            arguments={"x-expires": _REPLICAS_QUEUE_EXPIRES_MS},
+        )
+        return config.shard_queues
+
+
+class ShardBalancer:
+    """Consumes every shard, and keeps this replica active on at most its share of them.
+
+    Under single-active-consumer RabbitMQ (3.10) makes the longest-waiting consumer active and
+    tells nobody. A replica learns it is active on a shard from the first delivery there, and
+    stays so until it cancels. Every few seconds it counts the replicas R (consumers of the
+    replicas queue) and works out its share: K // R, plus one for the first K % R replicas in
+    slot order (each replica holds an exclusive slot queue, the lowest free one, which RabbitMQ
+    drops with its connection), so the shares add up to K and differ by at most one. Active on
+    more than its share, it cancels and consumes the extra shards again: that moves it to the
+    back of their lines, and the next replica takes them; a shard so passes along until a
+    replica below its share keeps it. It does so only while nothing it took is unacked, so the
+    next replica cannot write a shard's later events to Kafka before this one's in-flight
+    earlier ones.
+    """
+
+    def __init__(
+        self, conn: Any, channel: Any, config: Config, on_message: Callable[[Any], None]
+    ) -> None:
+        self._conn = conn
+        self._channel = channel
+        self._config = config
+        self._on_message = on_message
+        self._shard_of: dict[str, str] = {}  # consumer tag -> shard queue
+        self._active: set[str] = set()  # consumer tags that have had a delivery
+        self._presence = ""
+        self._slot = 0
+        self._next_check = 0.0
+
+    def start(self, queues: list[str]) -> None:
+        # Start at a different shard in each replica, so replicas starting together interleave.
+        first = os.getpid() % len(queues)
+        for queue in queues[first:] + queues[:first]:
+            self._consume(queue)
+        self._slot = next(
+            i for i in itertools.count() if take_exclusive(self._conn, self._slot_queue(i))
+        )
+        # Counted as a replica only once in every shard's line.
+        self._presence = self._channel.basic_consume(
+            replicas_queue(self._config), no_ack=True, callback=_ignore
+        )
+
+    def check(self, idle: bool) -> None:
+        """Give up the shards beyond this replica's share (at most every few seconds), at a
+        moment when every delivery so far is acked (``idle``)."""
+        now = time.monotonic()
+        if now < self._next_check or not idle:
+            return
+        self._next_check = now + _BALANCE_SECONDS
+        replicas = max(self._replicas(), 1)
+        shards = len(self._config.shard_queues)
+        ahead = sum(held_elsewhere(self._conn, self._slot_queue(i)) for i in range(self._slot))
+        share = shards // replicas + (ahead < shards % replicas)
+        active = sorted(self._active, key=self._shard_of.__getitem__)
+        for tag in active[share:]:
+            queue = self._shard_of.pop(tag)
+            self._active.discard(tag)
+            self._channel.basic_cancel(tag)
+            self._consume(queue)
+            log.info(
+                "shard %s handed on: active on %d shards, share %d of %d replicas",
+                queue,
+                len(active),
+                share,
+                replicas,
+            )
+
+    def stop(self) -> None:
+        for tag in [*self._shard_of, self._presence]:
+            self._channel.basic_cancel(tag)
+        self._shard_of.clear()
+        self._active.clear()
+
+    def active_shards(self) -> list[str]:
+        return sorted(self._shard_of[tag] for tag in self._active)
+
+    def _consume(self, queue: str) -> None:
+        tag = self._channel.basic_consume(queue, no_ack=False, callback=self._deliver)
+        self._shard_of[tag] = queue
+
+    def _deliver(self, message: Any) -> None:
+        tag = message.delivery_info.get("consumer_tag")
+        if tag in self._shard_of:
+            self._active.add(tag)
+        self._on_message(message)
+
+    def _slot_queue(self, index: int) -> str:
+        return f"{replicas_queue(self._config)}.slot-{index}"
+
+    def _replicas(self) -> int:
+        """How many replicas are attached: the consumers of the replicas queue."""
+        state = queue_state(self._conn, replicas_queue(self._config))
+        return state[1] if state else 0
+
+
+def _ignore(_message: Any) -> None:
+    """Nothing is published to the replicas queue; were anything, it is not an event."""

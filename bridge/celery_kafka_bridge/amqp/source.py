@@ -1,0 +1,270 @@
+"""The AMQP side: one thread owns the connection, consumes with manual acks, applies acks.
+
+kombu/py-amqp are blocking and not thread-safe, so every channel operation happens on this
+thread. Deliveries leave it in batches; acks come back to it in batches through a deque.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from amqp.exceptions import PreconditionFailed
+from kombu.connection import Connection
+from tenacity import Retrying, retry_if_exception_type
+
+from celery_kafka_bridge.acks import AckOp
+from celery_kafka_bridge.amqp.frames import fast_frame_handler
+from celery_kafka_bridge.amqp.reads import BufferedTransport
+from celery_kafka_bridge.amqp.retire import QueueRetirer
+from celery_kafka_bridge.amqp.topology import (
+    Topology,
+    consumers_for,
+    leftovers,
+)
+from celery_kafka_bridge.codec import Envelope
+from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.errors import ConfigError
+from celery_kafka_bridge.logs import describe, mask_credentials
+from celery_kafka_bridge.retry import backoff_policy
+from celery_kafka_bridge.tls import amqp_ssl
+
+log = logging.getLogger(__name__)
+
+_LINGER_SECONDS = 0.001
+"""While the event loop is busy, how long a partial batch waits for the next message before it
+is handed off anyway. While the loop is idle, a batch is handed off at once."""
+_POLL_SECONDS = 0.01
+"""Idle wait between checks for acks to apply; bounds the ack latency."""
+_MAX_BATCH = 512
+_STABLE_SESSION_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One AMQP message; ``generation`` names the channel its delivery tag belongs to."""
+
+    generation: int
+    tag: int
+    envelope: Envelope
+    redelivered: bool
+
+
+class SourceListener(Protocol):
+    """Receives what the source thread sees; each method is called on the source thread."""
+
+    def on_attached(self, generation: int) -> None: ...
+    def on_detached(self, generation: int) -> None: ...
+    def on_deliveries(self, batch: list[Delivery]) -> None: ...
+    def on_fatal(self, exc: BaseException) -> None: ...
+
+
+class AmqpSource:
+    """Consumes the bridge queue on its own thread, reconnecting with backoff."""
+
+    _listener: SourceListener
+
+    def __init__(self, config: Config, topology: Topology) -> None:
+        self._config = config
+        self._topology = topology
+        self._acks: deque[tuple[int, list[AckOp]]] = deque()
+        self._closed = threading.Event()
+        self._stop_consuming = threading.Event()
+        self._generation = 0
+        self._batch: list[Delivery] = []
+        self._handed_off = 0  # batches handed to the event loop (written by this thread only)
+        self._processed = 0  # of those, how many it has processed (written by the loop only)
+        self._last_delivered = 0
+        self._acked_through = 0  # every delivery up to this tag is acked (multiple-acks only)
+        self._thread = threading.Thread(target=self._run, name="amqp-source", daemon=True)
+
+    def start(self, listener: SourceListener) -> None:
+        """Connect and consume on the source thread, reporting to ``listener``."""
+        self._listener = listener
+        self._thread.start()
+
+    def stop_consuming(self) -> None:
+        """Take no new messages; acks are still applied until `close`."""
+        self._stop_consuming.set()
+
+    def batch_processed(self) -> None:
+        """The event loop is done with a handed-off batch (called on the loop thread)."""
+        self._processed += 1
+
+    def post_acks(self, generation: int, ops: list[AckOp]) -> None:
+        """Queue acks for the source thread (thread-safe); stale generations are dropped there."""
+        self._acks.append((generation, ops))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Apply the acks already posted, close the connection (unacked ones are redelivered)."""
+        self._closed.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        quick_failures = 0
+        try:
+            while not self._closed.is_set():
+                conn = self._connect()
+                if conn is None:
+                    return
+                started = time.monotonic()
+                wait = 0.0
+                self._last_delivered = 0
+                try:
+                    self._session(conn)
+                except (*conn.connection_errors, *conn.channel_errors) as exc:
+                    # A session that fails straight away would fail again: back off. One that
+                    # delivered messages worked (a cut connection): reconnect at once.
+                    quick = (
+                        not self._last_delivered
+                        and time.monotonic() - started < _STABLE_SESSION_SECONDS
+                    )
+                    quick_failures = quick_failures + 1 if quick else 0
+                    wait = min(15.0, 0.5 * 2**quick_failures) if quick else 0.0
+                    log.warning("amqp disconnected: %s; reconnecting in %.1fs", describe(exc), wait)
+                finally:
+                    self._batch = []  # unacked, so RabbitMQ redelivers them
+                    self._listener.on_detached(self._generation)
+                    _close_quietly(conn)
+                self._sleep(wait)
+        except BaseException as exc:
+            self._listener.on_fatal(exc)
+
+    def _connect(self) -> Any:
+        retrying = Retrying(
+            retry=retry_if_exception_type(Exception),
+            stop=lambda _state: self._closed.is_set(),
+            sleep=self._sleep,
+            **backoff_policy(f"amqp connect to {mask_credentials(self._config.amqp_url)}"),
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if self._closed.is_set():
+                        return None
+                    ssl = amqp_ssl(self._config)
+                    conn = Connection(
+                        self._config.amqp_url,
+                        transport=None if ssl else BufferedTransport,
+                        heartbeat=30,
+                        connect_timeout=10,
+                        ssl=ssl,
+                        transport_options={"frame_handler": fast_frame_handler},
+                    )
+                    conn.connect()
+                    return conn
+        except Exception:
+            if not self._closed.is_set():
+                raise
+            # Told to stop while the broker was away: a clean stop, not a failure.
+        return None
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off, but wake at once when the source is closed."""
+        self._closed.wait(seconds)
+
+    def _session(self, conn: Any) -> None:
+        channel = conn.channel()
+        channel.auto_decode = False  # keep bodies as the exact bytes the worker sent
+        version = str(conn.connection.server_properties.get("version", ""))
+        try:
+            queues = self._topology.declare(channel, version)
+        except PreconditionFailed as exc:
+            raise ConfigError(
+                f"the queue or exchange exists with other arguments ({exc.reply_text}); "
+                "delete it or match its settings"
+            ) from exc
+        channel.basic_qos(0, self._config.prefetch, False)
+        self._generation += 1
+        self._acks.clear()
+        self._acked_through = 0
+        self._listener.on_attached(self._generation)
+        consumers = consumers_for(self._config, conn, channel, self._on_message)
+        consumers.start(queues)
+        retirer = QueueRetirer(
+            conn,
+            channel,
+            self._config.event_exchange,
+            self._on_message,
+            leftovers(self._config),
+            reassert=lambda: self._topology.declare(channel, version),
+            settle_seconds=self._config.shutdown_grace_seconds + 5,
+        )
+        retirer.start()
+        log.info(
+            "amqp consuming %s at %s", ", ".join(queues), mask_credentials(self._config.amqp_url)
+        )
+        consuming = True
+        next_heartbeat_check = 0.0
+        amqp_connection = conn.connection  # py-amqp's own: kombu adds three calls per drain
+        while True:
+            if consuming and self._stop_consuming.is_set():
+                consumers.stop()
+                retirer.stop()
+                consuming = False
+                log.info("amqp stopped consuming; applying the last acks")
+            self._apply_acks(channel)
+            if self._closed.is_set():
+                return
+            now = time.monotonic()
+            if now >= next_heartbeat_check:  # once a second, not once per message
+                conn.heartbeat_check()
+                if consuming:
+                    consumers.check(idle=self._acked_through >= self._last_delivered)
+                    retirer.check(self._last_delivered, self._acked_through)
+                next_heartbeat_check = now + 1.0
+            self._drain_once(amqp_connection)
+
+    def _drain_once(self, amqp_connection: Any) -> None:
+        if self._batch and self._processed == self._handed_off:
+            self._hand_off()  # the loop is idle: waiting for more would only add latency
+        try:
+            amqp_connection.drain_events(timeout=_LINGER_SECONDS if self._batch else _POLL_SECONDS)
+        except TimeoutError:
+            self._hand_off()
+            return
+        if len(self._batch) >= _MAX_BATCH:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self._handed_off += 1
+            self._listener.on_deliveries(batch)
+
+    def _on_message(self, message: Any) -> None:
+        info = message.delivery_info
+        props = message.properties
+        envelope = Envelope(
+            message.body,
+            props.get("content_type"),
+            props.get("content_encoding"),
+            info.get("routing_key", ""),
+            time.time_ns() // 1_000_000,
+        )
+        self._last_delivered = info["delivery_tag"]
+        self._batch.append(
+            Delivery(self._generation, self._last_delivered, envelope, info["redelivered"])
+        )
+
+    def _apply_acks(self, channel: Any) -> None:
+        acks = self._acks
+        while acks:
+            generation, ops = acks.popleft()
+            if generation != self._generation:
+                continue
+            for tag, multiple in ops:
+                channel.basic_ack(tag, multiple=multiple)
+                if multiple:
+                    self._acked_through = tag
+
+
+def _close_quietly(conn: Any) -> None:
+    try:
+        conn.release()
+    except (OSError, *conn.connection_errors):
+        log.debug("closing the amqp connection failed", exc_info=True)

@@ -1,0 +1,66 @@
+"""Command line: flags mirror the ``BRIDGE_*`` settings; the work lives in the library."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import click
+
+from celery_kafka_bridge import heap
+from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.demo import run_demo
+from celery_kafka_bridge.errors import ConfigError
+from celery_kafka_bridge.logs import describe, setup_logging
+from celery_kafka_bridge.options import setting_options
+from celery_kafka_bridge.reader.commands import COMMANDS
+from celery_kafka_bridge.runner import run_bridge
+
+log = logging.getLogger(__name__)
+
+config_options = setting_options(*Config.model_fields)
+"""One flag per `Config` field; a flag given on the command line beats the variable."""
+
+
+def load_config(flags: dict[str, Any]) -> Config:
+    """Settings from the environment and the flags given; exit 2 with one line if invalid."""
+    try:
+        return Config.load(**{k: v for k, v in flags.items() if v is not None})
+    except ConfigError as exc:
+        click.echo(f"celery-kafka-bridge: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Every Celery monitoring event into a durable Kafka topic, at-least-once."""
+
+
+@main.command()
+@config_options
+def run(**flags: Any) -> None:
+    """Drain Celery's events from RabbitMQ into Kafka until SIGTERM/SIGINT."""
+    config = load_config(flags)
+    setup_logging(config.log_level, config.log_format)
+    heap.freeze_startup_heap()
+    try:
+        asyncio.run(run_bridge(config))
+    except ConfigError as exc:  # found once connected, e.g. a queue with other arguments
+        log.critical("%s", exc)
+        sys.exit(2)
+    except Exception as exc:
+        log.critical("stopped by %s", describe(exc))
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--seconds", default=30.0, show_default=True, help="How long the demo runs.")
+def demo(seconds: float) -> None:
+    """Two replicas, a real worker (-E) and a task stream; watch records land in Kafka."""
+    run_demo(load_config({}), seconds)
+
+
+for _command in COMMANDS:
+    main.add_command(_command)

@@ -1,0 +1,282 @@
+"""Settings: parsed once from ``BRIDGE_*`` variables and CLI flags into a frozen object."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from celery_kafka_bridge.errors import ConfigError
+from celery_kafka_bridge.logs import mask_credentials
+
+ENV_PREFIX = "BRIDGE_"
+
+QueueType = Literal["quorum", "classic"]
+Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+TopologyName = Literal["ordered", "competing", "sharded"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+LogFormat = Literal["auto", "json", "text"]
+
+
+class Config(BaseSettings):
+    """Every setting of the bridge; each is also a ``BRIDGE_<NAME>`` variable and a CLI flag."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True
+    )
+
+    amqp_url: str = Field(
+        "amqp://guest:guest@localhost:5672//", description="RabbitMQ URL the workers publish to."
+    )
+    kafka_bootstrap_servers: str = Field(
+        "localhost:9092", description="Comma-separated Kafka brokers (host:port)."
+    )
+    topic: str = Field("celery.events", description="Kafka topic for the events.")
+    dlq_topic: str = Field(
+        "celery.events.dlq", description="Kafka topic for messages that are not valid events."
+    )
+    event_exchange: str = Field(
+        "celeryev", description="Celery's event exchange (the app's event_exchange setting)."
+    )
+    queue_prefix: str = Field(
+        "celeryev", description="Prefix of the bridge queue (the app's event_queue_prefix)."
+    )
+    node_id: str = Field(
+        "kafka-bridge",
+        description="Shared name of the bridge queue: <queue-prefix>.<node-id>; replicas share it.",
+    )
+    topology: TopologyName = Field(
+        "ordered",
+        description="How replicas share the queue: ordered (one active, the rest hot standbys; "
+        "per-task order kept), competing (round-robin; order best effort) or sharded (events "
+        "hashed by worker into shards, each with one active replica; needs the RabbitMQ plugin "
+        "rabbitmq_consistent_hash_exchange).",
+    )
+    shards: int = Field(
+        4, ge=1, description="Shard queues of the sharded topology (a multiple of the replicas)."
+    )
+    queue_type: QueueType = Field(
+        "quorum",
+        description="quorum keeps transient events across a RabbitMQ restart; classic not.",
+    )
+    queue_max_length: int | None = Field(
+        None,
+        ge=1,
+        description="Bound the queue to this many messages (x-max-length); off if unset.",
+    )
+    queue_overflow: Overflow = Field(
+        "reject-publish", description="What RabbitMQ does when the length bound is reached."
+    )
+    delivery_limit: int | None = Field(
+        None,
+        ge=1,
+        description="Deliveries before RabbitMQ drops or dead-letters a message; unset: unlimited.",
+    )
+    dead_letter_exchange: str | None = Field(
+        None, description="AMQP exchange for messages past the delivery limit or length bound."
+    )
+    prefetch: int = Field(
+        1000,
+        ge=1,
+        le=65535,
+        description="Unacked AMQP messages in flight per consumer (one per queue consumed).",
+    )
+    max_message_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="Larger AMQP bodies are dead-lettered (truncated to this size).",
+    )
+    kafka_enable_idempotence: bool = Field(
+        True, description="Idempotent Kafka producer (keep on unless the broker cannot do it)."
+    )
+    kafka_compression: Compression = Field("none", description="Kafka record compression.")
+    kafka_linger_ms: int = Field(
+        0,
+        ge=0,
+        description="Extra wait to fill a batch; batches also fill while the previous one of "
+        "their partition is in flight.",
+    )
+    kafka_batch_bytes: int = Field(
+        262_144, ge=1024, description="Largest Kafka record batch per partition, in bytes."
+    )
+    kafka_request_timeout_ms: int = Field(
+        30_000, ge=1000, description="Kafka request timeout; failed sends are retried after it."
+    )
+    topic_partitions: int = Field(
+        12, ge=1, description="Partitions of topics the bridge creates (existing ones untouched)."
+    )
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of topics the bridge creates."
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0, gt=0, description="On SIGTERM, how long to wait for Kafka before exiting."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
+    log_format: LogFormat = Field(
+        "auto", description="json, text, or auto: text on a terminal, JSON lines otherwise."
+    )
+    http_port: int = Field(
+        9808, ge=0, le=65535, description="Port of /livez, /readyz and /metrics; 0 turns it off."
+    )
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="How the Kafka connection is secured."
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        "PLAIN", description="SASL mechanism for SASL_PLAINTEXT and SASL_SSL."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: FilePath | None = Field(
+        None, description="CA bundle to verify the Kafka brokers; system CAs if unset."
+    )
+    kafka_ssl_certfile: FilePath | None = Field(
+        None, description="Client certificate (mutual TLS)."
+    )
+    kafka_ssl_keyfile: FilePath | None = Field(None, description="Key of the client certificate.")
+    amqp_ssl_cafile: FilePath | None = Field(
+        None, description="CA bundle to verify RabbitMQ (amqps://); system CAs if unset."
+    )
+    amqp_ssl_certfile: FilePath | None = Field(None, description="Client certificate for RabbitMQ.")
+    amqp_ssl_keyfile: FilePath | None = Field(
+        None, description="Key of the RabbitMQ client certificate."
+    )
+    enable_events_on_start: bool = Field(
+        False,
+        description="At start, tell every worker to send task events (like celery control "
+        "enable_events) and a heartbeat.",
+    )
+    control_exchange: str = Field(
+        "celery", description="Celery's control exchange (the app's control_exchange setting)."
+    )
+    silent_task_events_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Warn when workers work but send no task event for this long.",
+    )
+
+    @field_validator("topic", "dlq_topic")
+    @classmethod
+    def _valid_topic(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
+            raise ValueError("a Kafka topic name is 1-249 of [A-Za-z0-9._-]")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _valid_amqp_url(cls, value: str) -> str:
+        url = urlsplit(value)
+        if url.scheme not in {"amqp", "amqps", "pyamqp"}:
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _valid_servers(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{server.strip()!r} is not host:port")
+        return value
+
+    @property
+    def queue_name(self) -> str:
+        """The shared bridge queue, named like Celery's receiver queues.
+
+        Each topology has its own queue, so switching never meets a queue declared with other
+        arguments, and the old queue keeps its events until it is drained.
+        """
+        base = f"{self.queue_prefix}.{self.node_id}"
+        return base if self.topology == "ordered" else f"{base}.{self.topology}"
+
+    @property
+    def shard_queues(self) -> list[str]:
+        """The shard queues of the sharded topology, in shard order."""
+        return [self.shard_queue(i) for i in range(self.shards)]
+
+    def shard_queue(self, index: int) -> str:
+        """Shard queue ``index`` of the sharded topology (there may be leftovers past K)."""
+        return f"{self.queue_prefix}.{self.node_id}.shard-{index}"
+
+    @property
+    def event_queues(self) -> list[str]:
+        """The queues this topology takes events from."""
+        return self.shard_queues if self.topology == "sharded" else [self.queue_name]
+
+    @property
+    def shard_exchange(self) -> str:
+        """The consistent-hash exchange of the sharded topology, fed by the event exchange."""
+        return f"{self.event_exchange}.{self.node_id}.sharded"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap_servers.split(",")]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        p = ENV_PREFIX
+        if self.delivery_limit is not None and self.queue_type != "quorum":
+            raise ValueError(f"{p}DELIVERY_LIMIT needs {p}QUEUE_TYPE=quorum")
+        amqp_tls = (self.amqp_ssl_cafile, self.amqp_ssl_certfile, self.amqp_ssl_keyfile)
+        if any(amqp_tls) and urlsplit(self.amqp_url).scheme != "amqps":
+            raise ValueError(f"{p}AMQP_SSL_* settings need an amqps:// {p}AMQP_URL")
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"{p}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                f"{p}KAFKA_SASL_USERNAME and {p}KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    def __repr_args__(self) -> Any:
+        # The AMQP URL carries a password; the SASL password is a SecretStr already.
+        for name, value in super().__repr_args__():
+            yield name, mask_credentials(value) if isinstance(value, str) else value
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Config:
+        """Build from flags, ``BRIDGE_*`` and ``BRIDGE_*_FILE`` variables; raise `ConfigError`."""
+        try:
+            return cls(**{**secret_files(os.environ), **overrides})
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from exc
+
+
+def secret_files(environ: Mapping[str, str]) -> dict[str, str]:
+    """Settings read from the files named by ``BRIDGE_<NAME>_FILE`` (Docker/Kubernetes secrets)."""
+    values: dict[str, str] = {}
+    for variable, path in environ.items():
+        name = variable.removeprefix(ENV_PREFIX).removesuffix("_FILE").lower()
+        if not (variable.startswith(ENV_PREFIX) and variable.endswith("_FILE")):
+            continue
+        if name not in Config.model_fields:
+            raise ConfigError(f"invalid setting {variable}: no setting {ENV_PREFIX}{name.upper()}")
+        if f"{ENV_PREFIX}{name.upper()}" in environ:
+            raise ConfigError(f"invalid setting {variable}: {ENV_PREFIX}{name.upper()} is also set")
+        try:
+            values[name] = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"invalid setting {variable}: cannot read {path}: {exc.strerror}"
+            ) from exc
+    return values
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the first bad setting by its environment variable (a check across
+    settings names them in its message)."""
+    error = exc.errors()[0]
+    if not error["loc"]:
+        return f"invalid settings: {error.get('ctx', {}).get('error', error['msg'])}"
+    return f"invalid setting {ENV_PREFIX}{str(error['loc'][0]).upper()}: {error['msg']}"

@@ -1,0 +1,186 @@
+"""Readiness and broker probes: is the consumer attached, does Kafka answer, how deep is the queue.
+
+`/readyz` must never block on a broker, so the probes run on their own schedule and `Health`
+keeps their last result with its time; a result older than a few probe periods counts as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
+from kombu.connection import Connection
+from kombu.exceptions import OperationalError
+
+from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.logs import describe
+from celery_kafka_bridge.metrics import Metrics
+from celery_kafka_bridge.tls import amqp_ssl, kafka_security
+
+log = logging.getLogger(__name__)
+
+KAFKA_PROBE_INTERVAL = 1.0
+KAFKA_PROBE_TIMEOUT = 2.0
+STALE_AFTER = KAFKA_PROBE_INTERVAL + KAFKA_PROBE_TIMEOUT + 2.0
+"""A Kafka answer older than this no longer counts (the probe loop itself may be stuck)."""
+QUEUE_POLL_INTERVAL = 5.0
+
+
+class Health:
+    """What the bridge knows about both sides; the source of /readyz and the state metrics."""
+
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self.amqp_attached = asyncio.Event()
+        self.draining = False
+        self._kafka_answered_at: float | None = None
+        self._kafka_error = "not probed yet"
+        self._ready = False
+        metrics.connection_up.labels("amqp").set(0)
+        metrics.connection_up.labels("kafka").set(0)
+
+    def set_attached(self, attached: bool) -> None:
+        """The AMQP consumer was (de)registered on a channel."""
+        if attached:
+            self.amqp_attached.set()
+        else:
+            self.amqp_attached.clear()
+        self._metrics.connection_up.labels("amqp").set(int(attached))
+        self._update()
+
+    def set_draining(self) -> None:
+        """Shutting down: no longer ready, so traffic and rollouts move on."""
+        self.draining = True
+        self._update()
+
+    def status(self) -> tuple[bool, dict[str, Any]]:
+        """Ready or not, and each check's state, from cached results only."""
+        answered = self._kafka_answered_at
+        kafka_ok = answered is not None and time.monotonic() - answered < STALE_AFTER
+        checks: dict[str, Any] = {
+            "amqp": "attached" if self.amqp_attached.is_set() else "not attached",
+            "kafka": "ok" if kafka_ok else self._kafka_error,
+            "draining": self.draining,
+        }
+        return self.amqp_attached.is_set() and kafka_ok and not self.draining, checks
+
+    def _update(self) -> None:
+        ready, checks = self.status()
+        self._metrics.ready.set(int(ready))
+        if ready == self._ready:
+            return
+        self._ready = ready
+        if ready:
+            log.info("ready", extra={"state": "ready"})
+        else:
+            reasons = [
+                name if value is True else f"{name} {value}"
+                for name, value in checks.items()
+                if value not in ("ok", "attached", False)
+            ]
+            log.warning("not ready: %s", ", ".join(reasons), extra={"state": "not_ready"})
+
+    async def probe_kafka(self) -> None:
+        """Forever: a metadata round trip to Kafka every second, on a client of its own.
+
+        Its own client, so a probe cancelled by its timeout never disturbs the producer's
+        connections; a real request, because a frozen broker keeps its sockets open.
+        """
+        client: AIOKafkaClient | None = None
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(KAFKA_PROBE_TIMEOUT):
+                        if client is None:
+                            client = self._kafka_client()
+                            await client.bootstrap()
+                        await client.fetch_all_metadata()
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    self._kafka_failed(exc)
+                    if client is not None:
+                        await _close_quietly(client)
+                        client = None
+                else:
+                    self._kafka_answered_at = time.monotonic()
+                    self._metrics.connection_up.labels("kafka").set(1)
+                self._update()
+                await asyncio.sleep(KAFKA_PROBE_INTERVAL)
+        finally:
+            if client is not None:
+                await _close_quietly(client)
+
+    def _kafka_client(self) -> AIOKafkaClient:
+        config = self._config
+        return AIOKafkaClient(
+            bootstrap_servers=config.bootstrap_servers,
+            client_id="celery-kafka-bridge-health",
+            request_timeout_ms=int(KAFKA_PROBE_TIMEOUT * 1000),
+            **kafka_security(config),
+        )
+
+    def _kafka_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, TimeoutError):
+            self._kafka_error = f"no answer within {KAFKA_PROBE_TIMEOUT:.0f}s"
+        else:
+            self._kafka_error = describe(exc)
+        self._kafka_answered_at = None
+        self._metrics.connection_up.labels("kafka").set(0)
+
+    async def poll_queue(self) -> None:
+        """Forever: the bridge queue's depth and consumers, on a connection of its own."""
+        poller = _QueuePoller(self._config)
+        try:
+            while True:
+                state = await asyncio.to_thread(poller.poll)
+                if state is not None:
+                    self._metrics.queue_messages.set(state[0])
+                    self._metrics.queue_consumers.set(state[1])
+                await asyncio.sleep(QUEUE_POLL_INTERVAL)
+        finally:
+            await asyncio.to_thread(poller.close)
+
+
+class _QueuePoller:
+    """Passive declares on a kombu connection kept open between polls (blocking calls)."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._conn: Any = None
+
+    def poll(self) -> tuple[int, int] | None:
+        config = self._config
+        if self._conn is None:
+            self._conn = Connection(config.amqp_url, connect_timeout=5, ssl=amqp_ssl(config))
+        conn = self._conn
+        try:
+            states = [
+                conn.default_channel.queue_declare(queue=queue, passive=True)[1:]
+                for queue in config.event_queues
+            ]
+        except (OSError, OperationalError, *conn.connection_errors, *conn.channel_errors) as exc:
+            # The queue may not exist yet, or RabbitMQ is away: the consumer side reports that.
+            log.debug("polling the queue depth failed: %s", describe(exc))
+            self.close()
+            return None
+        # Ready messages of every queue; consumers of the busiest-attached one.
+        return sum(int(m) for m, _ in states), max(int(c) for _, c in states)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                conn.release()
+            except (OSError, *conn.connection_errors):
+                log.debug("closing the queue poller connection failed", exc_info=True)
+
+
+async def _close_quietly(client: AIOKafkaClient) -> None:
+    try:
+        await client.close()
+    except (KafkaError, OSError):
+        log.debug("closing the kafka health client failed", exc_info=True)

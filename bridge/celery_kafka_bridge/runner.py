@@ -1,0 +1,143 @@
+"""The bridge's lifecycle: start Kafka, consume AMQP, drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from celery_kafka_bridge import http
+from celery_kafka_bridge.amqp.source import AmqpSource, Delivery
+from celery_kafka_bridge.amqp.topology import topology_for
+from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.health import Health
+from celery_kafka_bridge.kafka.sink import KafkaSink
+from celery_kafka_bridge.metrics import Metrics
+from celery_kafka_bridge.pipeline import Pipeline
+from celery_kafka_bridge.watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_SECONDS = 30.0
+
+
+class _LoopListener:
+    """Carries what the source thread sees onto the event loop, in order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pipeline: Pipeline, health: Health) -> None:
+        self._loop = loop
+        self._pipeline = pipeline
+        self._health = health
+        self.fatal: asyncio.Future[None] = loop.create_future()
+
+    def on_attached(self, generation: int) -> None:
+        self._loop.call_soon_threadsafe(self._pipeline.attach, generation)
+        self._loop.call_soon_threadsafe(self._health.set_attached, True)
+
+    def on_detached(self, generation: int) -> None:
+        self._loop.call_soon_threadsafe(self._pipeline.detach, generation)
+        self._loop.call_soon_threadsafe(self._health.set_attached, False)
+
+    def on_deliveries(self, batch: list[Delivery]) -> None:
+        self._loop.call_soon_threadsafe(self._pipeline.accept, batch)
+
+    def on_fatal(self, exc: BaseException) -> None:
+        self._loop.call_soon_threadsafe(self._fail, exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.fatal.done():
+            self.fatal.set_exception(exc)
+
+
+async def run_bridge(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT); raise what stopped it otherwise."""
+    metrics = Metrics()
+    loop = asyncio.get_running_loop()
+    metrics.loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # scraped on the loop
+    health = Health(config, metrics)
+    async with _monitoring(config, metrics, health):
+        await _run_bridge(config, stop, metrics, health)
+
+
+@contextlib.asynccontextmanager
+async def _monitoring(config: Config, metrics: Metrics, health: Health) -> AsyncIterator[None]:
+    """HTTP endpoints, broker probes and the watchdog, from before Kafka connects to the end."""
+    server = await http.serve(config.http_port, metrics, health) if config.http_port else None
+    tasks = asyncio.gather(
+        health.probe_kafka(),
+        health.poll_queue(),
+        Watchdog(config, metrics).run(health.amqp_attached),
+    )
+    try:
+        yield
+    finally:
+        tasks.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tasks
+        if server is not None:
+            await server.cleanup()
+
+
+async def _run_bridge(
+    config: Config, stop: asyncio.Event | None, metrics: Metrics, health: Health
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sink = KafkaSink(config)
+    if not await _until_stopped(sink.start(), stop):
+        return
+    source = AmqpSource(config, topology_for(config))
+    pipeline = Pipeline(
+        sink, config.max_message_bytes, source.post_acks, source.batch_processed, metrics=metrics
+    )
+    listener = _LoopListener(loop, pipeline, health)
+    work = asyncio.gather(pipeline.run(), _status_lines(pipeline), sink.watch_topics())
+    source.start(listener)
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    watched: set[asyncio.Future[Any]] = {stopped, listener.fatal, work}
+    try:
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        deadline = time.monotonic() + config.shutdown_grace_seconds
+        health.set_draining()
+        log.info("draining: taking no new messages, waiting for kafka to confirm in-flight ones")
+        source.stop_consuming()
+        drained = await pipeline.drain(max(0.0, deadline - time.monotonic() - 1.0))
+        await loop.run_in_executor(None, source.close, max(0.5, deadline - time.monotonic()))
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
+                await sink.stop()
+        log.info("stopped: %s, drained=%s", pipeline.stats, drained)
+    if listener.fatal.done():
+        listener.fatal.result()
+
+
+async def _until_stopped(coro: Any, stop: asyncio.Event) -> bool:
+    """Run ``coro`` unless ``stop`` is set first; True if it completed."""
+    task = asyncio.ensure_future(coro)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
+async def _status_lines(pipeline: Pipeline) -> None:
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL_SECONDS)
+        log.info("status: %s, %d in flight", pipeline.stats, pipeline.in_flight)
