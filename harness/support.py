@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -13,11 +14,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import amqp
 import orjson
@@ -29,7 +30,67 @@ from celery_kafka_bridge.codec import event_id
 from celery_kafka_bridge.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+BASE_AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+MANAGEMENT_URL = os.environ.get("TEST_RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
+_current = {"amqp_url": BASE_AMQP_URL}
+
+
+def amqp_url() -> str:
+    """The URL of the vhost the running test works in (`own_vhost`), else the base URL.
+
+    Tests run one at a time, so the harness's helpers default to it instead of each test
+    threading the URL through every call."""
+    return _current["amqp_url"]
+
+
+def _management(method: str, path: str, body: dict[str, str] | None = None) -> None:
+    """One call of RabbitMQ's management HTTP API as the base URL's user."""
+    url = urlsplit(BASE_AMQP_URL)
+    credentials = f"{unquote(url.username or 'guest')}:{unquote(url.password or 'guest')}"
+    request = urllib.request.Request(
+        f"{MANAGEMENT_URL}/api/{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={
+            "authorization": "Basic " + base64.b64encode(credentials.encode()).decode(),
+            "content-type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+@contextlib.contextmanager
+def new_vhost(name: str) -> Iterator[str]:
+    """A vhost for the block (the base user may do anything in it), deleted afterwards with
+    everything in it; yields its URL."""
+    user = unquote(urlsplit(BASE_AMQP_URL).username or "guest")
+    _management("PUT", f"vhosts/{quote(name, safe='')}")
+    try:
+        _management(
+            "PUT",
+            f"permissions/{quote(name, safe='')}/{quote(user, safe='')}",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+        yield vhost_url(name)
+    finally:
+        _management("DELETE", f"vhosts/{quote(name, safe='')}")
+
+
+@contextlib.contextmanager
+def own_vhost(name: str) -> Iterator[str]:
+    """A `new_vhost` that is also what `amqp_url` returns for the block."""
+    with new_vhost(name) as url:
+        previous, _current["amqp_url"] = _current["amqp_url"], url
+        try:
+            yield url
+        finally:
+            _current["amqp_url"] = previous
+
+
+def vhost_url(vhost: str, base: str = BASE_AMQP_URL) -> str:
+    """``base`` with its vhost replaced."""
+    return urlunsplit(urlsplit(base)._replace(path="/" + quote(vhost, safe="")))
 
 
 def run_cli(
@@ -73,6 +134,10 @@ class Names:
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
 
     @property
+    def vhost(self) -> str:
+        return f"test-{self.suffix}"
+
+    @property
     def exchange(self) -> str:
         return f"celeryev-{self.suffix}"
 
@@ -100,7 +165,7 @@ class Names:
 def bridge_env(names: Names, bootstrap: str, **overrides: str) -> dict[str, str]:
     """Environment for a bridge replica in a test."""
     env = {
-        "BRIDGE_AMQP_URL": AMQP_URL,
+        "BRIDGE_AMQP_URL": amqp_url(),
         "BRIDGE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "BRIDGE_KAFKA_ENABLE_IDEMPOTENCE": "false",  # Tansu cannot do InitProducerId
         "BRIDGE_EVENT_EXCHANGE": names.exchange,
@@ -194,8 +259,8 @@ class BridgeProcess:
 class Rabbit:
     """A plain py-amqp connection for declaring, inspecting and publishing in tests."""
 
-    def __init__(self, amqp_url: str = AMQP_URL) -> None:
-        url = urlsplit(amqp_url)
+    def __init__(self, url_text: str | None = None) -> None:
+        url = urlsplit(url_text or amqp_url())
         self.conn = amqp.Connection(
             f"{url.hostname or '127.0.0.1'}:{url.port or 5672}",
             userid=unquote(url.username or "guest"),
@@ -382,7 +447,7 @@ def publish_events(
     Event ``i`` has the task uuid ``<hostname>-<i>``; ``on_sent(i)`` is called once it was handed
     to the dispatcher. Returns how many were sent; ``rate`` (events/s) paces them.
     """
-    app = Celery(broker=AMQP_URL, set_as_current=False)
+    app = Celery(broker=amqp_url(), set_as_current=False)
     app.conf.event_exchange = exchange
     hostname = hostname or f"loadgen-{uuid.uuid4().hex[:6]}@test"
     started = time.monotonic()
@@ -470,7 +535,7 @@ def sent_event_ids(messages: Iterable[amqp.Message]) -> set[str]:
 
 def send_tasks(exchange: str, task_queue: str, count: int, per_second: float) -> list[str]:
     """Short tasks from a real client, paced: plain, retrying and custom-event ones."""
-    app = Celery(broker=AMQP_URL, set_as_current=False)
+    app = Celery(broker=amqp_url(), set_as_current=False)
     app.conf.update(event_exchange=exchange, task_default_queue=task_queue)
     ids = []
     started = time.monotonic()
@@ -510,7 +575,7 @@ def start_worker(
     """
     env = {
         **os.environ,
-        "TEST_BROKER_URL": AMQP_URL,
+        "TEST_BROKER_URL": amqp_url(),
         "TEST_EVENT_EXCHANGE": exchange,
         "TEST_TASK_QUEUE": task_queue,
         "TEST_CONTROL_EXCHANGE": control_exchange,

@@ -14,6 +14,7 @@ from harness.support import (
     Names,
     Rabbit,
     bridge_env,
+    own_vhost,
     start_worker,
     stop_worker,
 )
@@ -34,18 +35,17 @@ def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafk
 
 
 @pytest.fixture
-def names() -> Names:
-    return Names()
+def names() -> Iterator[Names]:
+    """The test's names, and its own RabbitMQ vhost: deleted afterwards with all it holds."""
+    names = Names()
+    with own_vhost(names.vhost):
+        yield names
 
 
 @pytest.fixture
 def rabbit(names: Names) -> Iterator[Rabbit]:
     client = Rabbit()
     yield client
-    client.delete(
-        queues=[names.queue, f"witness-{names.suffix}", names.task_queue],
-        exchanges=[names.exchange],
-    )
     client.close()
 
 

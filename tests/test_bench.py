@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from bench.latency import Percentiles
 from bench.run import main
 from celery_kafka_bridge.embedded import EmbeddedKafka
-from harness.support import AMQP_URL
+from harness.support import Names, amqp_url
 
 
 def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
-    kafka: EmbeddedKafka, tmp_path: Path
+    names: Names, kafka: EmbeddedKafka, tmp_path: Path
 ) -> None:
     args = [
         "--events",
@@ -28,7 +28,7 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
         "--out",
         str(tmp_path),
         "--amqp-url",
-        AMQP_URL,
+        amqp_url(),
         "--kafka",
         kafka.bootstrap_servers,
     ]

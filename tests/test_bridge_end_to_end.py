@@ -11,7 +11,7 @@ from celery import Celery
 
 from celery_kafka_bridge.codec import event_id
 from celery_kafka_bridge.embedded import EmbeddedKafka
-from harness.support import AMQP_URL, KafkaRecord, Names, Rabbit, events_of, poll, read_topic
+from harness.support import KafkaRecord, Names, Rabbit, amqp_url, events_of, poll, read_topic
 from tests.conftest import BridgeFactory
 
 TASK_EVENTS = {
@@ -27,7 +27,7 @@ TASK_EVENTS = {
 
 
 def client_app(names: Names) -> Celery:
-    app = Celery(broker=AMQP_URL, set_as_current=False)
+    app = Celery(broker=amqp_url(), set_as_current=False)
     app.conf.update(
         event_exchange=names.exchange,
         task_default_queue=names.task_queue,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.support import AMQP_URL, ROOT, Names, Rabbit, events_of, poll
+from harness.support import ROOT, Names, Rabbit, amqp_url, events_of, poll
 
 DEMO_TASKS = {"demo.tasks.add", "demo.tasks.sometimes_fail", "demo.tasks.flaky"}
 EVENT_TYPES = {"task-sent", "task-received", "task-succeeded", "task-failed", "task-retried"}
@@ -33,7 +33,7 @@ def demo(names: Names, tmp_path: Path) -> Iterator[Any]:
         **os.environ,
         # Like the image's PATH: `celery` and `python` are the virtualenv's.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DEMO_BROKER_URL": AMQP_URL,
+        "DEMO_BROKER_URL": amqp_url(),
         "DEMO_TASK_QUEUE": names.task_queue,
         "DEMO_TASKS_PER_SECOND": "50",
     }

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from celery_kafka_bridge.config import Config
-from harness.support import Names, json_lines, poll, publish_events
+from harness.support import Names, json_lines, poll, publish_events, vhost_url
 from tests.conftest import BridgeFactory
 
 
@@ -20,7 +20,8 @@ def amqp_user(names: Names) -> Iterator[tuple[str, str]]:
     user, password = f"bridge-{names.suffix}", secrets.token_hex(12)
     subprocess.run(["rabbitmqctl", "-q", "add_user", user, password], check=True)
     subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", "/", user, ".*", ".*", ".*"], check=True
+        ["rabbitmqctl", "-q", "set_permissions", "-p", names.vhost, user, ".*", ".*", ".*"],
+        check=True,
     )
     yield user, password
     subprocess.run(["rabbitmqctl", "-q", "delete_user", user], check=True)
@@ -30,7 +31,9 @@ def test_a_bridge_run_logs_json_lines_for_each_state_and_never_the_password(
     names: Names, amqp_user: tuple[str, str], start_bridge: BridgeFactory
 ) -> None:
     user, password = amqp_user
-    bridge = start_bridge(BRIDGE_AMQP_URL=f"amqp://{user}:{password}@127.0.0.1:5672//")
+    bridge = start_bridge(
+        BRIDGE_AMQP_URL=vhost_url(names.vhost, f"amqp://{user}:{password}@127.0.0.1:5672")
+    )
     poll(lambda: bridge.http("/readyz")[0] == 200, 15, what="ready")
     publish_events(names.exchange, 50)
     poll(
@@ -54,11 +57,12 @@ def test_a_bridge_run_logs_json_lines_for_each_state_and_never_the_password(
 
 
 def test_a_refused_login_is_retried_and_logged_without_the_password(
-    amqp_user: tuple[str, str], start_bridge: BridgeFactory
+    names: Names, amqp_user: tuple[str, str], start_bridge: BridgeFactory
 ) -> None:
     user, _ = amqp_user
     wrong = secrets.token_hex(12)
-    bridge = start_bridge(wait=False, BRIDGE_AMQP_URL=f"amqp://{user}:{wrong}@127.0.0.1:5672//")
+    url = vhost_url(names.vhost, f"amqp://{user}:{wrong}@127.0.0.1:5672")
+    bridge = start_bridge(wait=False, BRIDGE_AMQP_URL=url)
     poll(lambda: "retrying in" in bridge.log(), 20, what="a failed login")
     assert bridge.http("/readyz")[0] == 503
     text = bridge.log()

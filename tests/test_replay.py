@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from celery_kafka_bridge.cli import main
 from celery_kafka_bridge.codec import EventRecord
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from celery_kafka_bridge.reader.replay import RateLimiter
-from harness.support import Names, poll
+from harness.support import Names, new_vhost, poll, vhost_url
 from harness.topic_writer import encode, task_events, write_records
 
 ODD_BODY = b'{"type": "worker-heartbeat",  "hostname": "w1@h", "freq": 2.0, "timestamp": 1.5e9,\
@@ -109,14 +108,8 @@ def test_a_time_range_exports_to_json_lines_filtered_by_type(
 def vhost() -> Iterator[str]:
     """A RabbitMQ vhost of its own, so the replayed exchange is seen by nobody else."""
     name = f"replay-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, capture_output=True)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
-    yield name
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], check=False, capture_output=True)
+    with new_vhost(name):
+        yield name
 
 
 class RecordingReceiver(EventReceiver):  # type: ignore[misc]
@@ -135,7 +128,7 @@ def test_replay_to_amqp_feeds_a_celery_receiver_every_event_byte_for_byte(
     kafka: EmbeddedKafka, names: Names, vhost: str
 ) -> None:
     records = stored_records(kafka, names.topic)
-    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    url = vhost_url(vhost)
     received: list[dict[str, Any]] = []
     ready = threading.Event()
 

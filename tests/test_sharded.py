@@ -6,13 +6,13 @@ import signal
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from amqp.exceptions import InvalidCommand
 
-from celery_kafka_bridge.amqp.shards import PLUGIN_MISSING, ShardedTopology, replicas_queue
+from celery_kafka_bridge.amqp.shards import PLUGIN_MISSING, ShardedTopology
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from celery_kafka_bridge.errors import ConfigError
@@ -32,19 +32,16 @@ SHARDS = 4
 
 
 @pytest.fixture
-def shards(names: Names, rabbit: Rabbit) -> Iterator[list[str]]:
-    """The shard queues of the test's sharded bridge; they and the hash exchange go at the end."""
+def shards(names: Names) -> list[str]:
+    """The shard queues of the test's sharded bridge."""
     config = Config.load(event_exchange=names.exchange, node_id=names.node_id, shards=SHARDS)
-    yield config.shard_queues
-    rabbit.delete(
-        queues=[*config.shard_queues, replicas_queue(config)], exchanges=[config.shard_exchange]
-    )
+    return config.shard_queues
 
 
-def active_shards_per_replica(queues: list[str]) -> list[int]:
+def active_shards_per_replica(vhost: str, queues: list[str]) -> list[int]:
     """How many of ``queues`` each connection's channel is the active consumer of, most first."""
     lines = subprocess.run(
-        ["rabbitmqctl", "list_consumers", "-q", "queue_name", "channel_pid", "active"],
+        ["rabbitmqctl", "list_consumers", "-q", "-p", vhost, "queue_name", "channel_pid", "active"],
         capture_output=True,
         text=True,
         check=True,
@@ -108,6 +105,9 @@ def test_replicas_share_the_active_shards_and_take_over_those_of_a_dead_or_new_o
 ) -> None:
     stop = threading.Event()
 
+    def active() -> list[int]:
+        return active_shards_per_replica(names.vhost, shards)
+
     def keep_publishing() -> None:  # deliveries on every shard tell replicas where they are active
         i = 0
         while not stop.is_set():
@@ -118,15 +118,15 @@ def test_replicas_share_the_active_shards_and_take_over_those_of_a_dead_or_new_o
     publisher.start()
     try:
         first = start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
-        poll(lambda: active_shards_per_replica(shards) == [4], 30, what="one replica on all")
+        poll(lambda: active() == [4], 30, what="one replica on all")
         start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
-        poll(lambda: active_shards_per_replica(shards) == [2, 2], 30, what="shards shared")
+        poll(lambda: active() == [2, 2], 30, what="shards shared")
         first.kill()
-        poll(lambda: active_shards_per_replica(shards) == [4], 30, what="the survivor on all")
+        poll(lambda: active() == [4], 30, what="the survivor on all")
         start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
-        poll(lambda: active_shards_per_replica(shards) == [2, 2], 30, what="a newcomer's share")
+        poll(lambda: active() == [2, 2], 30, what="a newcomer's share")
         start_bridge(BRIDGE_TOPOLOGY="sharded", BRIDGE_SHARDS=str(SHARDS))
-        poll(lambda: active_shards_per_replica(shards) == [2, 1, 1], 30, what="within one of 3")
+        poll(lambda: active() == [2, 1, 1], 30, what="within one of 3")
     finally:
         stop.set()
         publisher.join(10)
