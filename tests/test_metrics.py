@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 from celery_kafka_bridge.amqp.source import Delivery
 from celery_kafka_bridge.codec import Envelope, EventRecord, Outcome
 from celery_kafka_bridge.embedded import EmbeddedKafka
-from celery_kafka_bridge.kafka.batches import OnFailed
+from celery_kafka_bridge.kafka.batches import Listener
 from celery_kafka_bridge.metrics import MAX_LABELS, Metrics
 from celery_kafka_bridge.pipeline import Pipeline
 from harness.support import Names, Rabbit, poll, publish_events
@@ -25,10 +25,8 @@ class ConfirmingSink:
     async def refresh_partitions(self) -> None:
         pass
 
-    def writer(
-        self, on_done: Callable[[list[Any]], None], _on_failed: OnFailed
-    ) -> Callable[[Outcome, Any], None]:
-        return lambda _outcome, token: on_done([token])
+    def writer(self, listener: Listener[Any]) -> Callable[[Outcome, Any], None]:
+        return lambda _outcome, token: listener.written([token])
 
 
 def delivery(tag: int, body: bytes, redelivered: bool = False) -> Delivery:

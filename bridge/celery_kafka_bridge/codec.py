@@ -35,6 +35,8 @@ class Reason(StrEnum):
     EMPTY_LIST = "empty_list"
     MISSING_TYPE = "missing_type"
     UNENCODABLE = "unencodable"
+    KAFKA_REJECTED = "kafka_rejected"
+    """A record Kafka refused for good (too large, invalid), dead-lettered by the writer."""
 
 
 @dataclass(slots=True)
@@ -207,3 +209,33 @@ def _dead(
         ("received_at", str(envelope.received_at_ms).encode()),
     ]
     return DeadLetter(reason, value, headers + (extra or []))
+
+
+_REJECTION_HEADERS = frozenset({"reason", "error", "truncated", "original_size"})
+
+
+def kafka_rejected(outcome: Outcome, error: str, shrink: bool) -> DeadLetter | None:
+    """A record Kafka refused as a dead letter: its value (halved if ``shrink``: refused for its
+    size, or a dead letter of this kind refused again), then the rejection headers and the
+    record's own; the size of the value first refused stays in ``original_size``.
+    None once there is nothing left to shrink."""
+    headers = dict(outcome.headers)
+    first_refusal = not (
+        isinstance(outcome, DeadLetter) and outcome.reason is Reason.KAFKA_REJECTED
+    )
+    original_size = len(outcome.value) if first_refusal else int(headers["original_size"])
+    value = outcome.value
+    if shrink or not first_refusal:
+        if not value:
+            return None
+        value = value[: len(value) // 2]
+    rejection: Headers = [
+        ("reason", Reason.KAFKA_REJECTED.value.encode()),
+        ("error", error[:_MAX_ERROR_CHARS].encode(errors="replace")),
+        ("truncated", b"true" if len(value) < original_size else b"false"),
+        ("original_size", str(original_size).encode()),
+    ]
+    if first_refusal and isinstance(outcome, DeadLetter):
+        rejection.append(("original_reason", outcome.reason.value.encode()))
+    kept = [h for h in outcome.headers if h[0] not in _REJECTION_HEADERS]
+    return DeadLetter(Reason.KAFKA_REJECTED, value, rejection + kept)

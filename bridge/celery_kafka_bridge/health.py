@@ -40,6 +40,7 @@ class Health:
         self.draining = False
         self._kafka_answered_at: float | None = None
         self._kafka_error = "not probed yet"
+        self._kafka_denied: str | None = None
         self._ready = False
         metrics.connection_up.labels("amqp").set(0)
         metrics.connection_up.labels("kafka").set(0)
@@ -51,6 +52,11 @@ class Health:
         else:
             self.amqp_attached.clear()
         self._metrics.connection_up.labels("amqp").set(int(attached))
+        self._update()
+
+    def set_kafka_denied(self, reason: str | None) -> None:
+        """Kafka refuses the bridge's writes (not authorized), or (None) takes them again."""
+        self._kafka_denied = reason
         self._update()
 
     def set_draining(self) -> None:
@@ -65,9 +71,11 @@ class Health:
         checks: dict[str, Any] = {
             "amqp": "attached" if self.amqp_attached.is_set() else "not attached",
             "kafka": "ok" if kafka_ok else self._kafka_error,
+            "kafka_writes": self._kafka_denied or "ok",
             "draining": self.draining,
         }
-        return self.amqp_attached.is_set() and kafka_ok and not self.draining, checks
+        ready = self.amqp_attached.is_set() and kafka_ok and not self._kafka_denied
+        return ready and not self.draining, checks
 
     def _update(self) -> None:
         ready, checks = self.status()

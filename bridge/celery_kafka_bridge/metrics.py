@@ -72,7 +72,15 @@ class Metrics:
         )
         self._retries = Counter(
             "kafka_send_retries",
-            "Records of batches Kafka did not take, once per attempt (each is sent again).",
+            "Records of batches Kafka did not take, once per attempt (each is sent again), by "
+            "kind of error: transient, denied (not authorized), state (producer replaced), "
+            "record (a refused record nobody could dead-letter).",
+            ["kind"],
+            **metric,
+        )
+        self._producer_resets = Counter(
+            "kafka_producer_resets",
+            "Kafka producers replaced because their state was lost or they stopped answering.",
             **metric,
         )
         self.in_flight = Gauge(
@@ -154,8 +162,11 @@ class Metrics:
     def acked(self, count: int) -> None:
         self._acked.inc(count)
 
-    def retried_send(self, records: int) -> None:
-        self._retries.inc(records)
+    def failed_send(self, kind: str, records: int) -> None:
+        self._retries.labels(kind).inc(records)
+
+    def producer_reset(self) -> None:
+        self._producer_resets.inc()
 
     def forget_workers(self, now: float) -> None:
         """Drop workers not seen for `WORKER_TTL_SECONDS` (autoscaled hosts come and go)."""

@@ -1,8 +1,10 @@
 """From deliveries to Kafka and back to acks: the at-least-once core.
 
 Each delivery is decoded into records; it is acked only when Kafka confirmed every one of them
-(dead letters included). Failed sends are retried with backoff, never dropped. Acks leave in
-batches, as the contiguous prefix of completed deliveries of the current channel.
+(dead letters included). Failed sends are retried by kind (`kafka.errors`), never dropped: a
+record Kafka refuses for good is dead-lettered in its place, and while Kafka refuses the bridge's
+principal the bridge is unready. Acks leave in batches, as the contiguous prefix of completed
+deliveries of the current channel.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import Protocol
 
 from celery_kafka_bridge.acks import AckOp, AckTracker
 from celery_kafka_bridge.amqp.source import Delivery
-from celery_kafka_bridge.codec import DeadLetter, Outcome, decode
-from celery_kafka_bridge.kafka.batches import OnDone, OnFailed
-from celery_kafka_bridge.kafka.sink import retried
+from celery_kafka_bridge.codec import DeadLetter, Outcome, decode, kafka_rejected
+from celery_kafka_bridge.kafka.batches import Listener
+from celery_kafka_bridge.kafka.errors import TOO_LARGE, Kind, missing_permission
+from celery_kafka_bridge.kafka.sink import RETRIABLE
 from celery_kafka_bridge.logs import describe
 from celery_kafka_bridge.metrics import Metrics
+from celery_kafka_bridge.retry import retried
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +34,7 @@ _Token = tuple["_Pending", Outcome]
 
 class Sender(Protocol):
     async def refresh_partitions(self) -> None: ...
-    def writer(
-        self, on_done: OnDone[_Token], on_failed: OnFailed
-    ) -> Callable[[Outcome, _Token], None]: ...
+    def writer(self, listener: Listener[_Token]) -> Callable[[Outcome, _Token], None]: ...
 
 
 @dataclass
@@ -70,6 +72,9 @@ class Pipeline:
     """Told after each accepted batch is published, so the source hands off the next at once."""
     stats: Stats = field(default_factory=Stats)
     metrics: Metrics = field(default_factory=Metrics)
+    kafka_denied: Callable[[str | None], None] = lambda _reason: None
+    """Told why Kafka refuses the bridge's writes (not authorized), and None once it takes
+    them again (the bridge is unready meanwhile)."""
 
     def __post_init__(self) -> None:
         self._inbox: asyncio.Queue[list[Delivery] | None] = asyncio.Queue()
@@ -80,9 +85,9 @@ class Pipeline:
         self._idle.set()
         self._closing = False
         self._ack_scheduled = False
-        self._kafka_failing = False
+        self._kafka_failing: Kind | None = None
         self.metrics.watch_in_flight(lambda: self._in_flight)
-        self._write = self.sink.writer(self._written, self._failed)
+        self._write = self.sink.writer(self)
 
     @property
     def in_flight(self) -> int:
@@ -107,7 +112,7 @@ class Pipeline:
             batch = await self._inbox.get()
             if batch is None:
                 return
-            await retried("kafka metadata", self.sink.refresh_partitions)
+            await retried("kafka metadata", self.sink.refresh_partitions, RETRIABLE)
             if self._closing:  # drain began while waiting: leave the batch unacked
                 return
             for delivery in batch:
@@ -144,21 +149,45 @@ class Pipeline:
                 self.metrics.consumed(outcome, received_at)
             write(outcome, (pending, outcome))
 
-    def _written(self, tokens: list[_Token]) -> None:
+    def written(self, tokens: list[_Token]) -> None:
         """A batch is in Kafka."""
-        if self._kafka_failing:
-            self._kafka_failing = False
+        if self._kafka_failing is not None:
+            if self._kafka_failing is Kind.DENIED:
+                self.kafka_denied(None)
+            self._kafka_failing = None
             log.info("kafka sends succeed again")
         now = time.time()
         for pending, outcome in tokens:
             self._confirmed(pending, outcome, now)
 
-    def _failed(self, records: int, exc: BaseException) -> None:
-        """Kafka did not take a batch; it is sent again after a backoff."""
-        if not self._kafka_failing:  # one line per state change, not one per batch
-            self._kafka_failing = True
-            log.warning("kafka send failed (%s); retrying with backoff", describe(exc))
-        self.metrics.retried_send(records)
+    def failed(self, topic: str, records: int, exc: BaseException, kind: Kind) -> None:
+        """Kafka did not take a batch; it is sent again (after a backoff, or a new producer)."""
+        self.metrics.failed_send(kind, records)
+        if self._kafka_failing is kind:  # one line per state change, not one per batch
+            return
+        self._kafka_failing = kind
+        if kind is Kind.DENIED:
+            reason = f"kafka refuses writes to {topic}: {describe(exc)}"
+            log.error(
+                "%s; the bridge's principal needs %s; retrying slowly, nothing is lost",
+                reason,
+                missing_permission(exc, topic),
+            )
+            self.kafka_denied(reason)
+        else:
+            log.warning("kafka send failed (%s, %s); retrying", describe(exc), kind)
+
+    def rejected(self, token: _Token, exc: BaseException) -> bool:
+        """Kafka will never take this record: a dead letter takes its place in the delivery."""
+        pending, outcome = token
+        dead = kafka_rejected(outcome, describe(exc), shrink=isinstance(exc, TOO_LARGE))
+        if dead is None:
+            return False
+        log.warning(
+            "kafka refused a record for good (%s); dead-lettered as %s", describe(exc), dead.reason
+        )
+        self._write(dead, (pending, dead))
+        return True
 
     def _confirmed(self, pending: _Pending, outcome: Outcome, now: float) -> None:
         if isinstance(outcome, DeadLetter):

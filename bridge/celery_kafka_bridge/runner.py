@@ -89,12 +89,17 @@ async def _run_bridge(
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    sink = KafkaSink(config)
+    sink = KafkaSink(config, on_producer_reset=metrics.producer_reset)
     if not await _until_stopped(sink.start(), stop):
         return
     source = AmqpSource(config, topology_for(config))
     pipeline = Pipeline(
-        sink, config.max_message_bytes, source.post_acks, source.batch_processed, metrics=metrics
+        sink,
+        config.max_message_bytes,
+        source.post_acks,
+        source.batch_processed,
+        metrics=metrics,
+        kafka_denied=health.set_kafka_denied,
     )
     listener = _LoopListener(loop, pipeline, health)
     work = asyncio.gather(pipeline.run(), _status_lines(pipeline), sink.watch_topics())

@@ -30,7 +30,7 @@ from celery_kafka_bridge.codec import Envelope
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.errors import ConfigError
 from celery_kafka_bridge.logs import describe, mask_credentials
-from celery_kafka_bridge.retry import backoff_policy
+from celery_kafka_bridge.retry import backoff_delay, backoff_policy
 from celery_kafka_bridge.tls import amqp_ssl
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class AmqpSource:
                         and time.monotonic() - started < _STABLE_SESSION_SECONDS
                     )
                     quick_failures = quick_failures + 1 if quick else 0
-                    wait = min(15.0, 0.5 * 2**quick_failures) if quick else 0.0
+                    wait = backoff_delay(quick_failures) if quick else 0.0
                     log.warning("amqp disconnected: %s; reconnecting in %.1fs", describe(exc), wait)
                 finally:
                     self._batch = []  # unacked, so RabbitMQ redelivers them

@@ -8,34 +8,44 @@ the load and a lone record leaves after ``linger_ms``. A batch is closed when it
 ``send_batch()``, so nothing is appended to a batch aiokafka may already be sending. Batches of
 a partition leave in the order their records were appended.
 
-A batch Kafka did not take is sent again, rebuilt from its records, with backoff, until it is
-taken; the partition's later batches wait meanwhile, so a failure never reorders a partition
-(a task's events stay in order through a Kafka outage).
+A batch Kafka did not take is handled by the kind of error (`errors.classify`), and the
+partition's later batches wait meanwhile, so a failure never reorders a partition:
+
+- transient: sent again, rebuilt from its records, after a backoff, until it is taken;
+- a record the topic refuses: the batch is split in halves, sent in order, until the record is
+  alone; that record goes to the listener (`Listener.rejected`, which dead-letters it);
+- not authorized: sent again after a slow backoff (only an operator can fix it);
+- producer state lost: the producer is replaced, then the batch is sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Generic, TypeVar
-
-from aiokafka import AIOKafkaProducer
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from typing import Any, Generic, Protocol, TypeVar
 
 from celery_kafka_bridge.codec import Headers
-from celery_kafka_bridge.retry import backoff_wait
+from celery_kafka_bridge.kafka.errors import Kind, classify
+from celery_kafka_bridge.kafka.producer import Producer
+from celery_kafka_bridge.retry import backoff_delay, slow_delay
 
 Token = TypeVar("Token")
-OnDone = Callable[[list[Token]], None]
-"""Called with the tokens of a batch's records once Kafka acknowledged them."""
-OnFailed = Callable[[int, BaseException], None]
-"""Called with the number of records of a batch Kafka did not take (sent again after a
-backoff), and the error."""
-
 _Record = tuple[bytes | None, bytes, Headers]
+
+
+class Listener(Protocol[Token]):
+    """Told what became of each record; the writer never drops one on its own."""
+
+    def written(self, tokens: list[Token]) -> None:
+        """Kafka acknowledged these records (acks=all)."""
+
+    def failed(self, topic: str, records: int, exc: BaseException, kind: Kind) -> None:
+        """Kafka did not take ``records`` records; they are sent again (after a wait)."""
+
+    def rejected(self, token: Token, exc: BaseException) -> bool:
+        """The topic can never take this record: take it over (True), or False to have it
+        sent again after a slow backoff."""
 
 
 @dataclass(slots=True)
@@ -47,19 +57,12 @@ class _Batch(Generic[Token]):
 
 
 class BatchWriter(Generic[Token]):
-    """Per-partition batches of records, each reported to ``on_done`` when Kafka acked it."""
+    """Per-partition batches of records, each reported to the listener once Kafka acked it."""
 
-    def __init__(
-        self,
-        producer: AIOKafkaProducer,
-        linger_ms: int,
-        on_done: OnDone[Token],
-        on_failed: OnFailed,
-    ) -> None:
+    def __init__(self, producer: Producer, linger_ms: int, listener: Listener[Token]) -> None:
         self._producer = producer
         self._linger = linger_ms / 1000
-        self._on_done = on_done
-        self._on_failed = on_failed
+        self._listener = listener
         self._batches: dict[tuple[str, int], deque[_Batch[Token]]] = {}
         self._submitters: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._loop = asyncio.get_running_loop()
@@ -96,7 +99,7 @@ class BatchWriter(Generic[Token]):
         return added is not None
 
     async def _submit(self, tp: tuple[str, int], batches: deque[_Batch[Token]]) -> None:
-        """Hand the partition's batches to aiokafka in order, each once the last one is acked."""
+        """Hand the partition's batches to aiokafka in order, each once the last one is done."""
         try:
             while batches:
                 batch = batches[0]
@@ -105,28 +108,58 @@ class BatchWriter(Generic[Token]):
                     await asyncio.sleep(wait)  # the open batch fills for linger_ms
                 batches.popleft()
                 batch.builder.close()  # meanwhile the next batch fills
-                try:
-                    await self._send([batch.builder], tp)
-                except Exception as exc:
-                    self._on_failed(len(batch.records), exc)
-                    retrying = AsyncRetrying(
-                        wait=backoff_wait(),
-                        retry=retry_if_exception_type(Exception),
-                        before_sleep=partial(self._failed_again, len(batch.records)),
-                    )
-                    await retrying(self._send_again, batch.records, tp)
-                self._on_done(batch.tokens)
+                await self._deliver(tp, batch)
         finally:
             del self._submitters[tp]
 
-    async def _send(self, builders: list[Any], tp: tuple[str, int]) -> None:
-        topic, partition = tp
-        for builder in builders:
-            await (await self._producer.send_batch(builder, topic, partition=partition))
+    async def _deliver(self, tp: tuple[str, int], batch: _Batch[Token]) -> None:
+        """Until every record of the batch is in Kafka or taken over by the listener, in order.
 
-    async def _send_again(self, records: list[_Record], tp: tuple[str, int]) -> None:
-        """The records in new batches: a batch aiokafka had cannot be sent twice. More than
-        one batch if the new timestamps make the records outgrow one."""
+        ``parts`` holds what is left, front first: the batch, or after a refused record, its
+        halves. Only the front part is ever in flight.
+        """
+        parts: deque[tuple[list[Token], list[_Record], list[Any]]] = deque(
+            [(batch.tokens, batch.records, [batch.builder])]
+        )
+        failures = 0  # in a row, for the backoff
+        while parts:
+            tokens, records, builders = parts[0]
+            generation = self._producer.generation
+            try:
+                await self._producer.send(builders or self._rebuild(records), *tp)
+            except Exception as exc:
+                kind = classify(exc)
+                parts[0] = (tokens, records, [])  # a batch aiokafka had cannot be sent twice
+                if kind is Kind.RECORD and len(records) > 1:
+                    half = len(records) // 2
+                    parts.popleft()
+                    parts.extendleft(
+                        [(tokens[half:], records[half:], []), (tokens[:half], records[:half], [])]
+                    )
+                    continue
+                if kind is Kind.RECORD and self._listener.rejected(tokens[0], exc):
+                    parts.popleft()
+                    continue
+                failures += 1
+                self._listener.failed(tp[0], len(records), exc, kind)
+                await self._wait(kind, failures, generation, exc)
+                continue
+            parts.popleft()
+            failures = 0
+            self._listener.written(tokens)
+
+    async def _wait(self, kind: Kind, failures: int, generation: int, exc: Exception) -> None:
+        """Before sending a failed part again."""
+        if kind is Kind.STATE:
+            await self._producer.reset(generation, exc)
+        elif kind is Kind.TRANSIENT:
+            await asyncio.sleep(backoff_delay(failures))
+        else:  # denied, or a refused record nobody took over: only an operator can help
+            await asyncio.sleep(slow_delay(failures))
+
+    def _rebuild(self, records: list[_Record]) -> list[Any]:
+        """The records in new batches. More than one batch if the new timestamps make the
+        records outgrow one."""
         builders = [self._producer.create_batch()]
         for key, value, headers in records:
             if builders[-1].append(timestamp=None, key=key, value=value, headers=headers) is None:
@@ -134,11 +167,7 @@ class BatchWriter(Generic[Token]):
                 builders[-1].append(timestamp=None, key=key, value=value, headers=headers)
         for builder in builders:
             builder.close()
-        await self._send(builders, tp)
-
-    def _failed_again(self, records: int, state: RetryCallState) -> None:
-        assert state.outcome is not None
-        self._on_failed(records, state.outcome.exception())  # type: ignore[arg-type]
+        return builders
 
     async def close(self) -> None:
         """Stop handing batches over; what was not handed over stays unconfirmed."""

@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
-from tenacity import AsyncRetrying, retry_if_exception_type
 
 from celery_kafka_bridge.codec import DeadLetter, Outcome
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.errors import TransientError
-from celery_kafka_bridge.kafka.batches import BatchWriter, OnDone, OnFailed
+from celery_kafka_bridge.kafka.batches import BatchWriter, Listener
 from celery_kafka_bridge.kafka.partitions import partition_for
-from celery_kafka_bridge.retry import backoff_policy
+from celery_kafka_bridge.kafka.producer import Producer
+from celery_kafka_bridge.retry import backoff
 from celery_kafka_bridge.tls import kafka_security
 
 log = logging.getLogger(__name__)
@@ -31,47 +30,27 @@ _HEADROOM_BYTES = 65_536
 """Room for the key and headers above the largest body the bridge accepts."""
 
 Token = TypeVar("Token")
-Result = TypeVar("Result")
 
-
-_RETRIABLE = (KafkaError, TransientError, OSError)
-
-
-def backoff(what: str) -> AsyncRetrying:
-    """Retry a Kafka operation until it succeeds, with exponential backoff."""
-    return AsyncRetrying(retry=retry_if_exception_type(_RETRIABLE), **backoff_policy(what))
-
-
-async def retried(what: str, operation: Callable[[], Awaitable[Result]]) -> Result:
-    """``operation()``, retried with `backoff` once it failed. Setting up the retries costs
-    about 20 us, too much for a call made per hand-off batch that nearly always succeeds."""
-    try:
-        return await operation()
-    except _RETRIABLE:
-        return await backoff(what)(operation)
+RETRIABLE = (KafkaError, TransientError, OSError, TimeoutError)
+"""What a Kafka call outside the batch writers (metadata, topics) is retried on."""
 
 
 class KafkaSink:
     """Writes records to the events topic and dead letters to the dead-letter topic."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, on_producer_reset: Callable[[], None] = lambda: None
+    ) -> None:
         self._config = config
-        self._producer: AIOKafkaProducer | None = None
+        self._producer = Producer(self.producer_options(), on_producer_reset)
         self._partitions: dict[str, list[int]] = {}
         self._writers: list[BatchWriter[Any]] = []
 
     async def start(self) -> None:
-        """Connect (retrying until Kafka answers) and create the topics that are missing."""
-        async for attempt in backoff("kafka connect"):
-            with attempt:
-                producer = AIOKafkaProducer(**self.producer_options())
-                try:
-                    await producer.start()
-                except BaseException:
-                    await producer.stop()
-                    raise
-                self._producer = producer
-        async for attempt in backoff("kafka topic creation"):
+        """Connect (retrying until Kafka answers; a broker that refuses an idempotent producer
+        raises `ConfigError`) and create the topics that are missing."""
+        await self._producer.start()
+        async for attempt in backoff("kafka topic creation", RETRIABLE):
             with attempt:
                 await self.ensure_topics()
         log.info("kafka producer ready at %s", self._config.kafka_bootstrap_servers)
@@ -136,18 +115,13 @@ class KafkaSink:
 
     async def refresh_partitions(self) -> None:
         """Look up (from the producer's metadata, fetched when missing) the topics' partitions."""
-        assert self._producer is not None, "start() first"
         for topic in (self._config.topic, self._config.dlq_topic):
             self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
 
-    def writer(
-        self, on_done: OnDone[Token], on_failed: OnFailed
-    ) -> Callable[[Outcome, Token], None]:
-        """A function that queues one record, after `refresh_partitions`; ``on_done`` gets the
-        tokens of each batch once Kafka acknowledged it (acks=all), ``on_failed`` hears of each
-        failed attempt (the batch is sent again)."""
-        assert self._producer is not None, "start() first"
-        batches = BatchWriter(self._producer, self._config.kafka_linger_ms, on_done, on_failed)
+    def writer(self, listener: Listener[Token]) -> Callable[[Outcome, Token], None]:
+        """A function that queues one record, after `refresh_partitions`; the listener hears
+        what became of each (`batches.Listener`)."""
+        batches = BatchWriter(self._producer, self._config.kafka_linger_ms, listener)
         self._writers.append(batches)
         partitions = self._partitions
 
@@ -169,6 +143,4 @@ class KafkaSink:
     async def stop(self) -> None:
         for batches in self._writers:
             await batches.close()
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        await self._producer.stop()

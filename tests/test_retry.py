@@ -1,11 +1,11 @@
-"""`retried`: one plain call when it works, the backoff loop only once it failed."""
+"""`retry.retried`: one plain call when it works, the backoff loop only once it failed."""
 
 from __future__ import annotations
 
 import pytest
 
 from celery_kafka_bridge.errors import TransientError
-from celery_kafka_bridge.kafka.sink import retried
+from celery_kafka_bridge.retry import retried
 
 
 async def test_a_failing_operation_is_retried_until_it_succeeds() -> None:
@@ -18,7 +18,7 @@ async def test_a_failing_operation_is_retried_until_it_succeeds() -> None:
             raise TransientError("not yet")
         return 7
 
-    assert await retried("flaky", flaky) == 7
+    assert await retried("flaky", flaky, (TransientError,)) == 7
     assert calls == 3
 
 
@@ -31,5 +31,5 @@ async def test_an_error_that_is_not_transient_is_raised_at_once() -> None:
         raise ValueError("a bug, not an outage")
 
     with pytest.raises(ValueError, match="a bug"):
-        await retried("broken", broken)
+        await retried("broken", broken, (TransientError,))
     assert calls == 1

@@ -1,0 +1,140 @@
+"""The aiokafka producer's lifecycle: started (or refused at once), bounded, replaced when stuck.
+
+Every aiokafka call that can wait for a broker runs under an outer timeout: with idempotence
+on, aiokafka retries a batch forever while Kafka is away, and ``stop()`` first waits for every
+pending batch (aiokafka #1101). A producer whose idempotence state is lost refuses every later
+batch of a partition (aiokafka #1017), so it is closed and a new one started; sends waiting on
+the old one fail with `ProducerReplaced` and are sent again by their partition's writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from celery_kafka_bridge.errors import ConfigError
+from celery_kafka_bridge.kafka.errors import ProducerReplaced, refuses_idempotence
+from celery_kafka_bridge.logs import describe
+from celery_kafka_bridge.retry import backoff
+
+log = logging.getLogger(__name__)
+
+_RETRIABLE = (KafkaError, OSError, TimeoutError)
+
+
+def outer_timeout(request_timeout_ms: int) -> float:
+    """How long any one aiokafka call may take: aiokafka's own request timeout can pass twice
+    (a batch expires after one, its last request times out after another), plus slack."""
+    return 2 * request_timeout_ms / 1000 + 5.0
+
+
+class Producer:
+    """An `AIOKafkaProducer` that can be replaced; `generation` counts the replacements."""
+
+    def __init__(self, options: dict[str, Any], on_reset: Callable[[], None]) -> None:
+        self._options = options
+        self._on_reset = on_reset
+        self.timeout = outer_timeout(options["request_timeout_ms"])
+        self._current: AIOKafkaProducer | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._lock = asyncio.Lock()
+        self.generation = 0
+
+    @property
+    def current(self) -> AIOKafkaProducer:
+        assert self._current is not None, "start() first"
+        return self._current
+
+    async def start(self) -> None:
+        """Connect, retrying with backoff until Kafka answers; a broker that refuses an
+        idempotent producer stops the bridge at once (`ConfigError`, exit 2)."""
+        async for attempt in backoff("kafka connect", _RETRIABLE):
+            with attempt:
+                self._current = await self._started()
+        self._lost = asyncio.get_running_loop().create_future()
+
+    async def _started(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(**self._options)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await producer.start()
+        except BaseException as exc:
+            await self._close(producer)
+            if self._options["enable_idempotence"] and refuses_idempotence(exc):
+                raise ConfigError(
+                    f"Kafka refused an idempotent producer ({describe(exc)}): set "
+                    "BRIDGE_KAFKA_ENABLE_IDEMPOTENCE=false, or use a broker that allows "
+                    "idempotent producers (InitProducerId)"
+                ) from exc
+            raise
+        return producer
+
+    def create_batch(self) -> Any:
+        """An empty batch builder (not tied to one producer: any generation can send it)."""
+        return self.current.create_batch()
+
+    async def send(self, builders: list[Any], topic: str, partition: int) -> None:
+        """Hand the batches to aiokafka in order and wait until Kafka acked each; raises
+        `ProducerReplaced` if the producer is replaced meanwhile, TimeoutError if stuck."""
+        producer, lost = self.current, self._lost
+        assert lost is not None
+        async with asyncio.timeout(self.timeout):
+            for builder in builders:
+                acked = await producer.send_batch(builder, topic, partition=partition)
+                await asyncio.wait((acked, lost), return_when=asyncio.FIRST_COMPLETED)
+                if not acked.done():
+                    raise ProducerReplaced(f"producer {self.generation} replaced")
+                acked.result()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        async with asyncio.timeout(self.timeout):
+            return set(await self.current.partitions_for(topic))
+
+    async def reset(self, generation: int, cause: BaseException) -> None:
+        """Replace the producer that failed with ``cause``, unless another partition's writer
+        already did (``generation`` is the one its send used)."""
+        async with self._lock:
+            if generation != self.generation:
+                return
+            log.warning(
+                "kafka producer state lost (%s); starting a new producer, every unconfirmed "
+                "batch is sent again",
+                describe(cause),
+            )
+            self.generation += 1
+            self._on_reset()
+            old, self._current = self._current, None
+            if self._lost is not None:
+                self._lost.set_result(None)  # wakes the sends still waiting on the old one
+            if old is not None:
+                # Its batches are sent again by their writers: fail them, so stop() need not
+                # wait for a broker that may never take them (aiokafka's private part, #1101).
+                old._message_accumulator.fail_all(ProducerReplaced("replaced"))
+                await self._close(old)
+            await self.start()
+            log.info("kafka producer replaced")
+
+    async def stop(self) -> None:
+        if self._current is not None:
+            producer, self._current = self._current, None
+            await self._close(producer)
+
+    async def _close(self, producer: AIOKafkaProducer) -> None:
+        """``stop()`` within the bound; past it, drop the sender and connections unflushed
+        (what was not confirmed is sent again, or redelivered by RabbitMQ)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await producer.stop()
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.debug("stopping the kafka producer failed (%s); abandoning it", describe(exc))
+            with contextlib.suppress(TimeoutError, KafkaError, OSError):
+                async with asyncio.timeout(self.timeout):
+                    # aiokafka offers no stop without a flush: its private parts (#1101).
+                    await producer._sender.close()
+                    await producer.client.close()
