@@ -29,10 +29,17 @@ def wait_for_port(port: int, timeout: float) -> None:
 
 
 class EmbeddedKafka:
-    """A Tansu broker process on 127.0.0.1:``port``."""
+    """A Tansu broker process on 127.0.0.1:``port``; it tells clients to connect to
+    ``advertised_port`` (default: ``port``), e.g. a proxy in front of it."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self._log_path = log_path
         self._log: IO[bytes] | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -54,7 +61,7 @@ class EmbeddedKafka:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.advertised_port}",
             ],
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,

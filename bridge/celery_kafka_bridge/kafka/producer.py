@@ -43,13 +43,17 @@ class Producer:
         self.timeout = outer_timeout(options["request_timeout_ms"])
         self._current: AIOKafkaProducer | None = None
         self._lost: asyncio.Future[None] | None = None
+        self._ready = asyncio.Event()
+        """Clear while the producer is being replaced: calls wait for the new one."""
         self._lock = asyncio.Lock()
         self.generation = 0
 
-    @property
-    def current(self) -> AIOKafkaProducer:
-        assert self._current is not None, "start() first"
-        return self._current
+    async def _producer(self) -> tuple[AIOKafkaProducer, asyncio.Future[None]]:
+        """The current producer (once it is up) and the future set when it is replaced."""
+        if not self._ready.is_set():
+            await self._ready.wait()
+        assert self._current is not None and self._lost is not None
+        return self._current, self._lost
 
     async def start(self) -> None:
         """Connect, retrying with backoff until Kafka answers; a broker that refuses an
@@ -58,6 +62,7 @@ class Producer:
             with attempt:
                 self._current = await self._started()
         self._lost = asyncio.get_running_loop().create_future()
+        self._ready.set()
 
     async def _started(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(**self._options)
@@ -77,13 +82,13 @@ class Producer:
 
     def create_batch(self) -> Any:
         """An empty batch builder (not tied to one producer: any generation can send it)."""
-        return self.current.create_batch()
+        assert self._current is not None, "start() first"
+        return self._current.create_batch()
 
     async def send(self, builders: list[Any], topic: str, partition: int) -> None:
         """Hand the batches to aiokafka in order and wait until Kafka acked each; raises
         `ProducerReplaced` if the producer is replaced meanwhile, TimeoutError if stuck."""
-        producer, lost = self.current, self._lost
-        assert lost is not None
+        producer, lost = await self._producer()
         async with asyncio.timeout(self.timeout):
             for builder in builders:
                 acked = await producer.send_batch(builder, topic, partition=partition)
@@ -93,8 +98,9 @@ class Producer:
                 acked.result()
 
     async def partitions_for(self, topic: str) -> set[int]:
+        producer, _ = await self._producer()
         async with asyncio.timeout(self.timeout):
-            return set(await self.current.partitions_for(topic))
+            return set(await producer.partitions_for(topic))
 
     async def reset(self, generation: int, cause: BaseException) -> None:
         """Replace the producer that failed with ``cause``, unless another partition's writer
@@ -107,22 +113,23 @@ class Producer:
                 "batch is sent again",
                 describe(cause),
             )
-            self.generation += 1
             self._on_reset()
-            old, self._current = self._current, None
-            if self._lost is not None:
-                self._lost.set_result(None)  # wakes the sends still waiting on the old one
-            if old is not None:
-                # Its batches are sent again by their writers: fail them, so stop() need not
-                # wait for a broker that may never take them (aiokafka's private part, #1101).
-                old._message_accumulator.fail_all(ProducerReplaced("replaced"))
-                await self._close(old)
+            self._ready.clear()
+            old, lost = self._current, self._lost
+            assert old is not None and lost is not None, "start() first"
+            lost.set_result(None)  # wakes the sends still waiting on the old producer
+            # Its batches are sent again by their writers: fail them, so stop() need not wait
+            # for a broker that may never take them (aiokafka's private part, #1101).
+            old._message_accumulator.fail_all(ProducerReplaced("replaced"))
+            await self._close(old)
             await self.start()
+            self.generation += 1
             log.info("kafka producer replaced")
 
     async def stop(self) -> None:
         if self._current is not None:
             producer, self._current = self._current, None
+            self._ready.clear()
             await self._close(producer)
 
     async def _close(self, producer: AIOKafkaProducer) -> None:
