@@ -249,7 +249,7 @@ def _response(
         by_topic.setdefault(topic, []).append(tuple(fields[: _partition_fields(version)]))
     cls = getattr(produce, f"ProduceResponse_v{version}")
     values: dict[str, Any] = {"topics": list(by_topic.items()), "throttle_time_ms": 0}
-    body = cls(**{name: values[name] for name in cls.SCHEMA.names}).encode()
+    body: bytes = cls(**{name: values[name] for name in cls.SCHEMA.names}).encode()
     return struct.pack(">i", correlation) + body
 
 

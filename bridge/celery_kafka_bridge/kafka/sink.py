@@ -1,6 +1,7 @@
 """The Kafka side: an aiokafka producer (acks=all) and the topics it writes to.
 
-Records go out in per-partition batches (`batches.BatchWriter`), which also resends failed ones.
+Records go out in per-partition batches (`batches.BatchWriter`), which handle a failed batch by
+the kind of error (`errors`); the producer itself may be replaced (`producer.Producer`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class KafkaSink:
         await self._producer.start()
         async for attempt in backoff("kafka topic creation", RETRIABLE):
             with attempt:
-                await self.ensure_topics()
+                async with asyncio.timeout(self._producer.timeout):
+                    await self.ensure_topics()
         log.info("kafka producer ready at %s", self._config.kafka_bootstrap_servers)
 
     def producer_options(self) -> dict[str, Any]:
