@@ -34,7 +34,7 @@ class Recorder:
         self.done: list[tuple[list[Any], float]] = []
         self.failed_attempts: list[tuple[int, Kind]] = []
 
-    def written(self, tokens: list[Any]) -> None:
+    def written(self, topic: str, tokens: list[Any]) -> None:
         self.done.append((tokens, time.monotonic()))
 
     def failed(self, topic: str, records: int, exc: BaseException, kind: Kind) -> None:

@@ -26,7 +26,7 @@ class ConfirmingSink:
         pass
 
     def writer(self, listener: Listener[Any]) -> Callable[[Outcome, Any], None]:
-        return lambda _outcome, token: listener.written([token])
+        return lambda _outcome, token: listener.written("events", [token])
 
 
 def delivery(tag: int, body: bytes, redelivered: bool = False) -> Delivery:

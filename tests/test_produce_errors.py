@@ -110,7 +110,7 @@ class Recorder:
         self.rejected_tokens: list[int] = []
         self.failures: list[BaseException] = []
 
-    def written(self, tokens: list[int]) -> None:
+    def written(self, topic: str, tokens: list[int]) -> None:
         self.written_tokens.extend(tokens)
 
     def failed(self, topic: str, records: int, exc: BaseException, kind: Kind) -> None:
@@ -235,6 +235,7 @@ def test_a_denied_topic_makes_the_bridge_unready_loses_nothing_and_resumes_once_
     poll(lambda: bridge.http("/readyz")[0] == 200, 45, what="ready again once granted")
     after_error = bridge.log().split(str(errors[0]["message"]))[-1]
     assert '"state":"ready"' in after_error
+    assert f"kafka takes writes to {names.topic} again" in after_error
     assert_witnessed(faults, names, rabbit, witness)
     assert bridge.pid == pid and bridge.alive()
     assert len([line for line in json_lines(bridge.log()) if line["level"] == "ERROR"]) == 1

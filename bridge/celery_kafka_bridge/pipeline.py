@@ -86,6 +86,8 @@ class Pipeline:
         self._closing = False
         self._ack_scheduled = False
         self._kafka_failing: Kind | None = None
+        self._denied: set[str] = set()
+        """Topics Kafka refuses the bridge's writes to (not authorized)."""
         self.metrics.watch_in_flight(lambda: self._in_flight)
         self._write = self.sink.writer(self)
 
@@ -149,13 +151,13 @@ class Pipeline:
                 self.metrics.consumed(outcome, received_at)
             write(outcome, (pending, outcome))
 
-    def written(self, tokens: list[_Token]) -> None:
-        """A batch is in Kafka."""
+    def written(self, topic: str, tokens: list[_Token]) -> None:
+        """A batch is in ``topic``."""
         if self._kafka_failing is not None:
-            if self._kafka_failing is Kind.DENIED:
-                self.kafka_denied(None)
             self._kafka_failing = None
             log.info("kafka sends succeed again")
+        if topic in self._denied:
+            self._granted(topic)
         now = time.time()
         for pending, outcome in tokens:
             self._confirmed(pending, outcome, now)
@@ -163,19 +165,29 @@ class Pipeline:
     def failed(self, topic: str, records: int, exc: BaseException, kind: Kind) -> None:
         """Kafka did not take a batch; it is sent again (after a backoff, or a new producer)."""
         self.metrics.failed_send(kind, records)
-        if self._kafka_failing is kind:  # one line per state change, not one per batch
-            return
-        self._kafka_failing = kind
         if kind is Kind.DENIED:
-            reason = f"kafka refuses writes to {topic}: {describe(exc)}"
-            log.error(
-                "%s; the bridge's principal needs %s; retrying slowly, nothing is lost",
-                reason,
-                missing_permission(exc, topic),
-            )
-            self.kafka_denied(reason)
-        else:
+            if topic not in self._denied:
+                self._deny(topic, exc)
+        elif self._kafka_failing is not kind:  # one line per state change, not per batch
+            self._kafka_failing = kind
             log.warning("kafka send failed (%s, %s); retrying", describe(exc), kind)
+
+    def _deny(self, topic: str, exc: BaseException) -> None:
+        """Kafka refuses the bridge's principal: unready, and one loud line per topic."""
+        self._denied.add(topic)
+        reason = f"kafka refuses writes to {topic}: {describe(exc)}"
+        log.error(
+            "%s; the bridge's principal needs %s; retrying slowly, nothing is lost",
+            reason,
+            missing_permission(exc, topic),
+        )
+        self.kafka_denied(reason)
+
+    def _granted(self, topic: str) -> None:
+        self._denied.discard(topic)
+        log.info("kafka takes writes to %s again", topic)
+        if not self._denied:
+            self.kafka_denied(None)
 
     def rejected(self, token: _Token, exc: BaseException) -> bool:
         """Kafka will never take this record: a dead letter takes its place in the delivery."""

@@ -37,8 +37,8 @@ _Record = tuple[bytes | None, bytes, Headers]
 class Listener(Protocol[Token]):
     """Told what became of each record; the writer never drops one on its own."""
 
-    def written(self, tokens: list[Token]) -> None:
-        """Kafka acknowledged these records (acks=all)."""
+    def written(self, topic: str, tokens: list[Token]) -> None:
+        """Kafka acknowledged these records of ``topic`` (acks=all)."""
 
     def failed(self, topic: str, records: int, exc: BaseException, kind: Kind) -> None:
         """Kafka did not take ``records`` records; they are sent again (after a wait)."""
@@ -146,7 +146,7 @@ class BatchWriter(Generic[Token]):
                 continue
             parts.popleft()
             failures = 0
-            self._listener.written(tokens)
+            self._listener.written(tp[0], tokens)
 
     async def _wait(self, kind: Kind, failures: int, generation: int, exc: Exception) -> None:
         """Before sending a failed part again."""
