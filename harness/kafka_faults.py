@@ -5,6 +5,11 @@ through it); it forwards every request and response byte for byte, except Produc
 match a `Fault`: the matching partitions are answered with the fault's error code (or the
 connection is dropped) and the rest of the request still goes to the broker, whose answer is
 merged with the injected errors. Responses leave in request order, as Kafka's do.
+
+With ``producer_ids`` on, the proxy answers InitProducerId itself (a new id each time) and
+clears the producer id, epoch and sequence of every batch it forwards, so an idempotent producer
+(the bridge's production setting) runs against Tansu, which hands out no producer ids. The broker
+then checks no sequence numbers: the proxy's faults stand in for its refusals.
 """
 
 from __future__ import annotations
@@ -19,10 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.protocol import produce
+from aiokafka.protocol.transaction import InitProducerIdResponse_v0
+from aiokafka.record.util import calc_crc32c
 
 from celery_kafka_bridge.embedded import EmbeddedKafka, free_port
 
 _PRODUCE = 0
+_INIT_PRODUCER_ID = 22
+HOLD = -1000
+"""A fault code: the request is never answered (nor is anything after it on the connection),
+as by a broker that stopped answering."""
 _HEADER = struct.Struct(">hhih")  # api_key, api_version, correlation_id, client_id length
 _SIZE = struct.Struct(">i")
 
@@ -59,11 +70,13 @@ class KafkaFaults:
 
     upstream_port: int
     port: int = field(default_factory=free_port)
+    producer_ids: bool = False
     injected: list[tuple[str, int, int | None]] = field(default_factory=list)
     """Every injected answer: topic, partition, code (None: a dropped connection)."""
 
     def __post_init__(self) -> None:
         self._faults: list[Fault] = []
+        self._last_producer_id = 0
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -135,31 +148,57 @@ class KafkaFaults:
         upstream: asyncio.Queue[asyncio.Future[bytes]],
     ) -> asyncio.Future[bytes] | None:
         """Forward or answer one request; the future of its answer (None: no answer due)."""
-        api_key, version, correlation, client_len = _HEADER.unpack_from(frame)
+        api_key, _, correlation, client_len = _HEADER.unpack_from(frame)
         loop = asyncio.get_running_loop()
-        if api_key != _PRODUCE:
-            return _forward(frame, up_w, upstream, loop)
-        body_at = _HEADER.size + max(0, client_len)
+        if api_key == _INIT_PRODUCER_ID and self.producer_ids:
+            return self._producer_id(correlation, loop)
+        if api_key == _PRODUCE:
+            return self._produce(frame, _HEADER.size + max(0, client_len), up_w, upstream)
+        return _forward(frame, up_w, upstream, loop)
+
+    def _produce(
+        self,
+        frame: bytes,
+        body_at: int,
+        up_w: asyncio.StreamWriter,
+        upstream: asyncio.Queue[asyncio.Future[bytes]],
+    ) -> asyncio.Future[bytes] | None:
+        """A Produce request: its partitions without a fault forwarded, the others answered."""
+        _, version, correlation, _ = _HEADER.unpack_from(frame)
+        loop = asyncio.get_running_loop()
         request = getattr(produce, f"ProduceRequest_v{version}").decode(frame[body_at:])
         injected = self._inject(request.topics)
-        if request.required_acks == 0:
-            if not injected:
-                _forward(frame, up_w, upstream, loop)
-            return None  # acks=0 gets no answer either way
-        if not injected:
-            return _forward(frame, up_w, upstream, loop)
         answer: asyncio.Future[bytes] = loop.create_future()
-        remaining = _without(request.topics, injected)
-        if not remaining:
+        if HOLD in injected.values():
+            return answer  # never resolved
+        request.topics = [
+            (topic, [(p, _anonymous(r) if self.producer_ids else r) for p, r in partitions])
+            for topic, partitions in _without(request.topics, injected)
+        ]
+        forwarded = frame[:body_at] + request.encode()
+        if request.required_acks == 0:  # no answer due, from the broker or the proxy
+            if request.topics:
+                up_w.write(_SIZE.pack(len(forwarded)) + forwarded)
+            return None
+        if not request.topics:
             answer.set_result(_response(version, correlation, [], injected))
             return answer
-        request.topics = remaining
-        forwarded = _forward(frame[:body_at] + request.encode(), up_w, upstream, loop)
-        forwarded.add_done_callback(
+        reply = _forward(forwarded, up_w, upstream, loop)
+        reply.add_done_callback(
             lambda done: answer.set_result(
                 _response(version, correlation, _partitions(version, done.result()), injected)
             )
         )
+        return answer
+
+    def _producer_id(
+        self, correlation: int, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[bytes]:
+        with self._lock:
+            self._last_producer_id += 1
+            body = InitProducerIdResponse_v0(0, 0, self._last_producer_id, 0).encode()
+        answer: asyncio.Future[bytes] = loop.create_future()
+        answer.set_result(struct.pack(">i", correlation) + body)
         return answer
 
     def _inject(self, topics: list[Any]) -> dict[tuple[str, int], int]:
@@ -221,6 +260,22 @@ async def _answer(
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:
     (size,) = _SIZE.unpack(await reader.readexactly(_SIZE.size))
     return await reader.readexactly(size)
+
+
+_PRODUCER_AT = 43  # producer id (int64), epoch (int16), base sequence (int32) of a v2 batch
+_CRC_AT, _CRC_FROM = 17, 21
+
+
+def _anonymous(records: bytes) -> bytes:
+    """Record batches without producer id, epoch and sequence (their CRC recomputed)."""
+    data, at = bytearray(records), 0
+    while at + _PRODUCER_AT + 14 <= len(data):
+        (length,) = struct.unpack_from(">i", data, at + 8)
+        end = at + 12 + length
+        struct.pack_into(">qhi", data, at + _PRODUCER_AT, -1, -1, -1)
+        struct.pack_into(">I", data, at + _CRC_AT, calc_crc32c(bytes(data[at + _CRC_FROM : end])))
+        at = end
+    return bytes(data)
 
 
 def _without(topics: list[Any], injected: dict[tuple[str, int], int]) -> list[Any]:

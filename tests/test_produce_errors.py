@@ -33,7 +33,7 @@ from celery_kafka_bridge.embedded import EmbeddedKafka
 from celery_kafka_bridge.kafka.batches import BatchWriter
 from celery_kafka_bridge.kafka.errors import InvalidRecordError, Kind, classify
 from celery_kafka_bridge.kafka.producer import Producer
-from harness.kafka_faults import Fault, KafkaFaults, faulty_kafka
+from harness.kafka_faults import HOLD, Fault, KafkaFaults, faulty_kafka
 from harness.ordering import count_inversions
 from harness.support import (
     BridgeProcess,
@@ -310,6 +310,17 @@ def test_transient_errors_are_retried_in_order_and_lose_nothing(
     assert bridge.alive()
 
 
+def start_idempotent(start_bridge: BridgeFactory, faults: KafkaFaults) -> BridgeProcess:
+    """A bridge with an idempotent producer, the production setting: the proxy hands out the
+    producer ids Tansu cannot (and strips them from the batches it forwards)."""
+    faults.producer_ids = True
+    return start_bridge(
+        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=faults.bootstrap_servers,
+        BRIDGE_KAFKA_REQUEST_TIMEOUT_MS="1000",
+        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="true",
+    )
+
+
 @pytest.mark.slow
 def test_lost_producer_state_replaces_the_producer_without_a_restart(
     names: Names,
@@ -321,9 +332,8 @@ def test_lost_producer_state_replaces_the_producer_without_a_restart(
 ) -> None:
     """The proxy answers OutOfOrderSequenceNumber once, later InvalidProducerEpoch once: what
     Kafka sends an idempotent producer whose sequence or epoch it no longer accepts (aiokafka
-    #1017). Tansu cannot do idempotence, so the bridge runs without it; the answers are the
-    same."""
-    bridge = start_behind(start_bridge, faults)
+    #1017); Tansu checks neither."""
+    bridge = start_idempotent(start_bridge, faults)
     pid = bridge.pid
     worker()
     sender = tasks_in_background(names, rabbit, witness)
@@ -336,6 +346,32 @@ def test_lost_producer_state_replaces_the_producer_without_a_restart(
     assert_in_order(assert_witnessed(faults, names, rabbit, witness))
     assert bridge.pid == pid and bridge.alive()
     assert bridge.log().count("kafka producer replaced") == bridge.metric(resets)
+
+
+@pytest.mark.slow
+def test_a_producer_stuck_on_a_silent_broker_is_replaced_after_the_outer_timeout(
+    names: Names,
+    rabbit: Rabbit,
+    witness: str,
+    faults: KafkaFaults,
+    start_bridge: BridgeFactory,
+    worker: Callable[..., Any],
+) -> None:
+    """The proxy never answers Produce requests for partition 0 (and so nothing after them on
+    that connection), as a broker that stopped answering: the idempotent producer retries them
+    forever (aiokafka #1101), so the bridge's outer timeout (2 x 1 s + 5 s here) replaces it."""
+    bridge = start_idempotent(start_bridge, faults)
+    pid = bridge.pid
+    worker()
+    sender = tasks_in_background(names, rabbit, witness)
+    silent = faults.add(Fault(names.topic, HOLD, partitions=frozenset({0})))
+    resets = f"{PREFIX}_kafka_producer_resets_total"
+    poll(lambda: bridge.metric(resets) >= 1, 30, what="the stuck producer replaced")
+    faults.remove(silent)
+    sender.join(60)
+    assert_in_order(assert_witnessed(faults, names, rabbit, witness))
+    assert bridge.pid == pid and bridge.alive()
+    assert "TimeoutError" in bridge.log()
 
 
 def test_a_broker_that_refuses_idempotence_stops_the_bridge_with_one_line(

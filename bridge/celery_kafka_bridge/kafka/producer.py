@@ -89,13 +89,16 @@ class Producer:
         """Hand the batches to aiokafka in order and wait until Kafka acked each; raises
         `ProducerReplaced` if the producer is replaced meanwhile, TimeoutError if stuck."""
         producer, lost = await self._producer()
-        async with asyncio.timeout(self.timeout):
-            for builder in builders:
-                acked = await producer.send_batch(builder, topic, partition=partition)
-                await asyncio.wait((acked, lost), return_when=asyncio.FIRST_COMPLETED)
-                if not acked.done():
-                    raise ProducerReplaced(f"producer {self.generation} replaced")
-                acked.result()
+        try:
+            async with asyncio.timeout(self.timeout):
+                for builder in builders:
+                    acked = await producer.send_batch(builder, topic, partition=partition)
+                    await asyncio.wait((acked, lost), return_when=asyncio.FIRST_COMPLETED)
+                    if not acked.done():
+                        raise ProducerReplaced(f"producer {self.generation} replaced")
+                    acked.result()
+        except TimeoutError as exc:
+            raise TimeoutError(f"no answer from kafka within {self.timeout:.0f}s") from exc
 
     async def partitions_for(self, topic: str) -> set[int]:
         producer, _ = await self._producer()
@@ -108,6 +111,7 @@ class Producer:
         async with self._lock:
             if generation != self.generation:
                 return
+            self.generation += 1  # sends from now on wait for, and use, the new producer
             log.warning(
                 "kafka producer state lost (%s); starting a new producer, every unconfirmed "
                 "batch is sent again",
@@ -118,30 +122,35 @@ class Producer:
             old, lost = self._current, self._lost
             assert old is not None and lost is not None, "start() first"
             lost.set_result(None)  # wakes the sends still waiting on the old producer
-            # Its batches are sent again by their writers: fail them, so stop() need not wait
-            # for a broker that may never take them (aiokafka's private part, #1101).
-            old._message_accumulator.fail_all(ProducerReplaced("replaced"))
-            await self._close(old)
+            await self._abandon(old)
             await self.start()
-            self.generation += 1
             log.info("kafka producer replaced")
 
     async def stop(self) -> None:
         if self._current is not None:
             producer, self._current = self._current, None
             self._ready.clear()
-            await self._close(producer)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await producer.stop()
+            except (TimeoutError, KafkaError, OSError) as exc:
+                log.debug("stopping the kafka producer failed (%s)", describe(exc))
+                await self._abandon(producer)
 
     async def _close(self, producer: AIOKafkaProducer) -> None:
-        """``stop()`` within the bound; past it, drop the sender and connections unflushed
-        (what was not confirmed is sent again, or redelivered by RabbitMQ)."""
-        try:
+        """A producer that failed to start."""
+        with contextlib.suppress(TimeoutError, KafkaError, OSError):
             async with asyncio.timeout(self.timeout):
                 await producer.stop()
-        except (TimeoutError, KafkaError, OSError) as exc:
-            log.debug("stopping the kafka producer failed (%s); abandoning it", describe(exc))
-            with contextlib.suppress(TimeoutError, KafkaError, OSError):
-                async with asyncio.timeout(self.timeout):
-                    # aiokafka offers no stop without a flush: its private parts (#1101).
-                    await producer._sender.close()
-                    await producer.client.close()
+
+    async def _abandon(self, producer: AIOKafkaProducer) -> None:
+        """Close without waiting for its pending batches (their writers send them again):
+        aiokafka's ``stop()`` first waits for all of them, forever while the broker is away
+        (#1101), and offers no other way, so this stops its sender and client directly."""
+        producer._closed = True  # also silences its "unclosed producer" warning
+        try:
+            async with asyncio.timeout(self.timeout):
+                await producer._sender.close()
+                await producer.client.close()
+        except Exception as exc:  # discarded whatever happens: never fail the reset
+            log.debug("abandoning the kafka producer: %s", describe(exc))
