@@ -27,6 +27,8 @@ class Profile:
     soak_seconds: float
     soak_warmup: float
     soak_rate: float
+    produce_phase_seconds: float
+    produce_rate: float
 
 
 SHORT = Profile(
@@ -48,6 +50,8 @@ SHORT = Profile(
     soak_seconds=30,
     soak_warmup=10,
     soak_rate=1_000,
+    produce_phase_seconds=4,
+    produce_rate=800,
 )
 
 LONG = Profile(
@@ -69,6 +73,8 @@ LONG = Profile(
     soak_seconds=600,
     soak_warmup=60,
     soak_rate=2_000,
+    produce_phase_seconds=15,
+    produce_rate=1_500,
 )
 
 PROFILES = {p.name: p for p in (SHORT, LONG)}

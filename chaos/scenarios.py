@@ -18,6 +18,7 @@ from chaos.badinput import BAD_MESSAGES, expected_reasons
 from chaos.faults import TcpProxy, close_connections_from, rabbitmqctl
 from chaos.load import ConfirmedPublisher, LoadLog, background, celery_load
 from chaos.measure import Result, Sampler, Tally, list_topics
+from chaos.produce_errors import produce_errors
 from chaos.profiles import Profile
 from chaos.stage import Context, Stage
 from harness.support import BridgeProcess
@@ -416,4 +417,5 @@ SCENARIOS: dict[str, list[Scenario]] = {
     "5": [cut_amqp],
     "6": [bad_input],
     "7": [soak],
+    "8": [produce_errors],
 }

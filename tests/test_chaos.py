@@ -13,6 +13,7 @@ import pytest
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from chaos import scenarios
 from chaos.measure import Result
+from chaos.produce_errors import produce_errors
 from chaos.profiles import SHORT
 from chaos.stage import Context
 
@@ -71,3 +72,13 @@ def test_a_steady_load_grows_neither_memory_nor_descriptors_nor_threads(ctx: Con
     result = scenarios.soak(SHORT, ctx)
     assert_passed(result)
     assert result.lost == 0
+
+
+@pytest.mark.slow
+def test_each_kind_of_produce_error_on_a_partition_loses_nothing_and_needs_no_restart(
+    ctx: Context,
+) -> None:
+    result = produce_errors(SHORT, ctx)
+    assert_passed(result)
+    assert result.lost == 0
+    assert result.dead_lettered == 1, "only the refused record"
