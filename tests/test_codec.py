@@ -18,7 +18,6 @@ from celery_kafka_bridge.codec import (
     Reason,
     decode,
     event_id,
-    record_key,
 )
 
 MAX = 10_000
@@ -153,9 +152,16 @@ def test_event_id_ignores_key_order_and_serialization() -> None:
     assert event_id(event) != event_id({**event, "clock": 4})
 
 
+def record_key(event: dict[str, Any]) -> bytes | None:
+    (record,) = decode(envelope(orjson.dumps(event)), MAX)
+    assert isinstance(record, EventRecord)
+    return record.key
+
+
 def test_key_prefers_uuid_then_hostname_then_none() -> None:
-    assert record_key({"uuid": "u", "hostname": "h"}) == b"u"
-    assert record_key({"uuid": "", "hostname": "h"}) == b"h"
+    assert record_key({"type": "t", "uuid": "u", "hostname": "h"}) == b"u"
+    assert record_key({"type": "t", "uuid": "", "hostname": "h"}) == b"h"
+    assert record_key({"type": "t", "uuid": 7, "hostname": "h"}) == b"h"
     assert record_key({"type": "x"}) is None
 
 

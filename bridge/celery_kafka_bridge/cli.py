@@ -27,7 +27,7 @@ config_options = setting_options(*Config.model_fields)
 def load_config(flags: dict[str, Any]) -> Config:
     """Settings from the environment and the flags given; exit 2 with one line if invalid."""
     try:
-        return Config.load(**{k: v for k, v in flags.items() if v is not None})
+        return Config.from_flags(flags)
     except ConfigError as exc:
         click.echo(f"celery-kafka-bridge: {exc}", err=True)
         sys.exit(2)

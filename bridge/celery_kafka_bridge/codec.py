@@ -86,19 +86,6 @@ def _digest(canonical: bytes) -> str:
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
-def record_key(event: dict[str, Any]) -> bytes | None:
-    """The task uuid for task events, else the worker hostname, else no key."""
-    task_id, hostname = event.get("uuid"), event.get("hostname")
-    return _key(
-        task_id.encode() if isinstance(task_id, str) else None,
-        hostname.encode() if isinstance(hostname, str) else None,
-    )
-
-
-def _key(task_id: bytes | None, hostname: bytes | None) -> bytes | None:
-    return task_id or hostname or None
-
-
 def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
     """Every event of the message as a record, every bad part as a dead letter."""
     body = envelope.body
@@ -174,7 +161,7 @@ def _judge(
     headers += (("event_id", _digest(canonical).encode()), _JSON_HEADER, received_at)
     timestamp = item.get("timestamp")
     return EventRecord(
-        _key(task_id, host),
+        task_id or host or None,  # the key: the task uuid, else the worker hostname, else none
         canonical if raw is None else raw,
         headers,
         event_type,

@@ -2,7 +2,14 @@
 
 Each delivery is decoded into records; it is acked only when Kafka confirmed every one of them
 (dead letters included). Failed sends are retried with backoff, never dropped. Acks leave in
-batches, as the contiguous prefix of completed deliveries of the current channel.
+batches, as the contiguous prefix of completed deliveries of the current channel::
+
+    AMQP thread (amqp.source)          event loop (this module)                  Kafka
+    delivery ──hand-off batch──▶ accept ─▶ codec.decode ─▶ records ─▶ kafka.batches ─▶ broker
+                                                                                     │ acks=all
+    basic_ack ◀── post_acks ◀── AckTracker.take_acks ◀── delivery complete ◀── batch confirmed
+    (multiple over the           (contiguous prefix;        (all its records in Kafka)
+     unbroken prefix)             acked_through)
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from celery_kafka_bridge.kafka.batches import OnDone, OnFailed
 from celery_kafka_bridge.kafka.sink import retried
 from celery_kafka_bridge.logs import describe
 from celery_kafka_bridge.metrics import Metrics
+from celery_kafka_bridge.workers import WorkerActivity
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +73,13 @@ class Pipeline:
 
     sink: Sender
     max_message_bytes: int
-    post_acks: Callable[[int, list[AckOp]], None]
+    post_acks: Callable[[int, list[AckOp], int], None]
+    """Told (generation, acks, acked through) whenever deliveries may be acked."""
     batch_processed: Callable[[], None] = lambda: None
     """Told after each accepted batch is published, so the source hands off the next at once."""
     stats: Stats = field(default_factory=Stats)
     metrics: Metrics = field(default_factory=Metrics)
+    workers: WorkerActivity = field(default_factory=WorkerActivity)
 
     def __post_init__(self) -> None:
         self._inbox: asyncio.Queue[list[Delivery] | None] = asyncio.Queue()
@@ -141,7 +151,8 @@ class Pipeline:
         write = self._write
         for outcome in outcomes:
             if not isinstance(outcome, DeadLetter):
-                self.metrics.consumed(outcome, received_at)
+                self.metrics.consumed(outcome)
+                self.workers.observe(outcome, received_at)
             write(outcome, (pending, outcome))
 
     def _written(self, tokens: list[_Token]) -> None:
@@ -185,4 +196,4 @@ class Pipeline:
         if ops:
             self.stats.acked += count
             self.metrics.acked(count)
-            self.post_acks(self._generation, ops)
+            self.post_acks(self._generation, ops, self._tracker.acked_through)

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from kombu.connection import Connection
-from kombu.entity import Exchange
 from kombu.messaging import Producer
 
+from celery_kafka_bridge.amqp.queues import event_exchange
 from celery_kafka_bridge.codec import JSON_CONTENT_TYPE
 from celery_kafka_bridge.reader.events import Event
 
@@ -85,7 +85,7 @@ class EventExchange:
 
     def __init__(self, url: str, exchange: str) -> None:
         self.url = url
-        self.exchange = Exchange(exchange, type="topic", durable=True, auto_delete=False)
+        self.exchange = event_exchange(exchange)
         self._connection: Connection | None = None
         self._producer: Producer | None = None
 

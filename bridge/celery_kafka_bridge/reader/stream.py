@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
 from celery_kafka_bridge.codec import event_id as compute_event_id
-from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.config import Config, split_servers
 from celery_kafka_bridge.errors import BridgeError
 from celery_kafka_bridge.kafka.partitions import partition_for
 from celery_kafka_bridge.reader.events import ClockOrder, Dedup, Event
@@ -82,7 +82,7 @@ class Scan:
     @property
     def servers(self) -> list[str]:
         if isinstance(self.bootstrap_servers, str):
-            return [s.strip() for s in self.bootstrap_servers.split(",")]
+            return split_servers(self.bootstrap_servers)
         return list(self.bootstrap_servers)
 
 
