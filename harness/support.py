@@ -43,8 +43,8 @@ def amqp_url() -> str:
     return _current["amqp_url"]
 
 
-def _management(method: str, path: str, body: dict[str, str] | None = None) -> None:
-    """One call of RabbitMQ's management HTTP API as the base URL's user."""
+def management(method: str, path: str, body: dict[str, str] | None = None) -> Any:
+    """One call of RabbitMQ's management HTTP API as the base URL's user; its JSON answer."""
     url = urlsplit(BASE_AMQP_URL)
     credentials = f"{unquote(url.username or 'guest')}:{unquote(url.password or 'guest')}"
     request = urllib.request.Request(
@@ -56,8 +56,9 @@ def _management(method: str, path: str, body: dict[str, str] | None = None) -> N
             "content-type": "application/json",
         },
     )
-    with urllib.request.urlopen(request, timeout=10):
-        pass
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = response.read()
+    return json.loads(answer) if answer else None
 
 
 @contextlib.contextmanager
@@ -65,16 +66,16 @@ def new_vhost(name: str) -> Iterator[str]:
     """A vhost for the block (the base user may do anything in it), deleted afterwards with
     everything in it; yields its URL."""
     user = unquote(urlsplit(BASE_AMQP_URL).username or "guest")
-    _management("PUT", f"vhosts/{quote(name, safe='')}")
+    management("PUT", f"vhosts/{quote(name, safe='')}")
     try:
-        _management(
+        management(
             "PUT",
             f"permissions/{quote(name, safe='')}/{quote(user, safe='')}",
             {"configure": ".*", "write": ".*", "read": ".*"},
         )
         yield vhost_url(name)
     finally:
-        _management("DELETE", f"vhosts/{quote(name, safe='')}")
+        management("DELETE", f"vhosts/{quote(name, safe='')}")
 
 
 @contextlib.contextmanager

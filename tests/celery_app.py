@@ -17,6 +17,10 @@ app.conf.update(
     control_exchange=os.environ.get("TEST_CONTROL_EXCHANGE", "celery"),
     broker_connection_retry_on_startup=True,
     result_backend=None,
+    # RabbitMQ 4.3 refuses transient queues that are not exclusive: Celery's own event-receiver
+    # and control (pidbox) queues are declared exclusive.
+    event_queue_exclusive=True,
+    control_queue_exclusive=True,
 )
 
 
