@@ -81,9 +81,11 @@ def consume(conn: amqp.Connection, queue: str, count: int, redeliver: bool = Fal
     return received
 
 
-def drain(conn: amqp.Connection) -> None:
+def drain(conn: amqp.Connection) -> bool:
+    """Handle what arrives within 50 ms; False, so polls go on to their condition."""
     with contextlib.suppress(TimeoutError):
         conn.drain_events(timeout=0.05)
+    return False
 
 
 def seen(message: Any) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
