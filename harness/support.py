@@ -257,18 +257,25 @@ class BridgeProcess:
         return self
 
 
+def amqp_connection(url_text: str | None = None, **options: Any) -> amqp.Connection:
+    """A connected py-amqp connection to ``url_text`` (the test's vhost by default)."""
+    url = urlsplit(url_text or amqp_url())
+    conn = amqp.Connection(
+        f"{url.hostname or '127.0.0.1'}:{url.port or 5672}",
+        userid=unquote(url.username or "guest"),
+        password=unquote(url.password or "guest"),
+        virtual_host=unquote(url.path[1:]) if url.path not in ("", "/") else "/",
+        **options,
+    )
+    conn.connect()
+    return conn
+
+
 class Rabbit:
     """A plain py-amqp connection for declaring, inspecting and publishing in tests."""
 
     def __init__(self, url_text: str | None = None) -> None:
-        url = urlsplit(url_text or amqp_url())
-        self.conn = amqp.Connection(
-            f"{url.hostname or '127.0.0.1'}:{url.port or 5672}",
-            userid=unquote(url.username or "guest"),
-            password=unquote(url.password or "guest"),
-            virtual_host=unquote(url.path[1:]) if url.path not in ("", "/") else "/",
-        )
-        self.conn.connect()
+        self.conn = amqp_connection(url_text)
         self.channel = self.conn.channel()
 
     def queue_state(self, queue: str) -> tuple[int, int]:
@@ -311,12 +318,6 @@ class Rabbit:
             messages.append(message)
             quiet_since = time.monotonic()
         return messages
-
-    def delete(self, queues: Iterable[str] = (), exchanges: Iterable[str] = ()) -> None:
-        for queue in queues:
-            self.channel.queue_delete(queue)
-        for exchange in exchanges:
-            self.channel.exchange_delete(exchange)
 
     def close(self) -> None:
         self.conn.close()
