@@ -319,6 +319,13 @@ class Rabbit:
             quiet_since = time.monotonic()
         return messages
 
+    def delete(self, queues: Iterable[str] = (), exchanges: Iterable[str] = ()) -> None:
+        """For bench and chaos runs, which work in the shared vhost; tests drop their vhost."""
+        for queue in queues:
+            self.channel.queue_delete(queue)
+        for exchange in exchanges:
+            self.channel.exchange_delete(exchange)
+
     def close(self) -> None:
         self.conn.close()
 
