@@ -22,7 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from celery_kafka_bridge.embedded import EmbeddedKafka, free_port
-from harness.prometheus import Prometheus, dashboard
+from harness.prometheus import Prometheus, concrete, dashboard
 from harness.support import (
     ROOT,
     BridgeProcess,
@@ -45,15 +45,6 @@ RATE_INTERVAL = "5s"
 """What Grafana's $__rate_interval is at a 1 s scrape interval: four scrapes."""
 STEP = 1.0
 UNITS = {"ops": "per second", "s": "seconds", "bytes": "MiB", "short": "messages"}
-
-
-def promql(expr: str) -> str:
-    """A panel's query with the dashboard's variables set to every job and instance."""
-    return (
-        expr.replace("$__rate_interval", RATE_INTERVAL)
-        .replace("$job", ".+")
-        .replace("$instance", ".+")
-    )
 
 
 def legend(template: str, labels: dict[str, str]) -> str:
@@ -162,7 +153,9 @@ def render(prometheus: Prometheus, times: tuple[float, float, float, float], out
     for panel, axes in zip(panels, grid.flat, strict=False):
         series = []
         for target in panel["targets"]:
-            for result in prometheus.query_range(promql(target["expr"]), start, end, STEP):
+            for result in prometheus.query_range(
+                concrete(target["expr"], RATE_INTERVAL), start, end, STEP
+            ):
                 name = legend(target["legendFormat"], result["metric"])
                 series.append((name, *on_grid(result["values"])))
                 peak = max((v for v in series[-1][2] if not math.isnan(v)), default=math.nan)

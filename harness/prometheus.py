@@ -50,6 +50,15 @@ def dashboard() -> dict[str, Any]:
     return document
 
 
+def concrete(expr: str, rate_interval: str) -> str:
+    """A dashboard query as Grafana sends it with every job and instance selected."""
+    return (
+        expr.replace("$__rate_interval", rate_interval)
+        .replace("$job", ".+")
+        .replace("$instance", ".+")
+    )
+
+
 class Prometheus:
     """A Prometheus server process scraping ``targets`` every ``interval`` seconds."""
 

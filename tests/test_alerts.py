@@ -19,7 +19,14 @@ import yaml
 from celery import Celery
 
 from celery_kafka_bridge.embedded import EmbeddedKafka
-from harness.prometheus import ALERT_RULES, Prometheus, dashboard, load_rules, quick_rules
+from harness.prometheus import (
+    ALERT_RULES,
+    Prometheus,
+    concrete,
+    dashboard,
+    load_rules,
+    quick_rules,
+)
 from harness.support import ROOT, Names, poll
 from tests.conftest import BridgeFactory
 from tests.test_bridge_end_to_end import client_app
@@ -92,6 +99,40 @@ def test_quick_rules_shorten_the_holds_and_windows_and_nothing_else() -> None:
         {"alert": "A", "expr": "increase(x[20s]) or x offset 10s > 1", "for": "3s"},
         {"alert": "B", "expr": "y"},
     ]
+
+
+def test_dashboard_is_templated_by_data_source_job_and_instance() -> None:
+    board = dashboard()
+    assert 36 <= board["schemaVersion"] <= 41
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["job"]["includeAll"] and variables["instance"]["includeAll"]
+    assert "$job" in variables["instance"]["definition"]
+    for panel in board["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            assert 'job=~"$job", instance=~"$instance"' in target["expr"], panel["title"]
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses them, as recording rules of a scratch rules file."""
+    queries = [
+        {"record": f"panel_{panel['id']}_{target['refId']}", "expr": concrete(target["expr"], "5s")}
+        for panel in dashboard()["panels"]
+        for target in panel["targets"]
+    ]
+    scratch = tmp_path / "dashboard-queries.yaml"
+    scratch.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": queries}]}))
+    result = promtool("check", "rules", str(scratch))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_exported_names_are_samples_or_families_without_samples() -> None:
+    text = '# TYPE a_total counter\n# TYPE h histogram\n# TYPE g gauge\ng{side="x"} 1.0\n'
+    names = exported(text)
+    assert {"a_total", "h_bucket", "h_count", "h_sum", "g"} <= names
+    assert not {"a", "h", "g_bucket", "g_total"} & names
 
 
 def queried_metrics() -> set[str]:
