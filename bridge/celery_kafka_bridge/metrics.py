@@ -13,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -43,6 +43,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # process_resident_memory_bytes and friends, read from /proc at scrape time: the
+        # memory alert compares RSS with the container's limit.
+        ProcessCollector(registry=self.registry)
         metric: dict[str, Any] = {"namespace": NAMESPACE, "registry": self.registry}
         self._consumed = _Counter(
             "events_consumed", "Events decoded from AMQP messages.", "event_type"
