@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from harness.support import Names, Rabbit, amqp_url, run_cli
 
 
+@pytest.mark.slow
 def test_the_demo_shows_keyed_records_of_a_real_worker_and_stops_every_process_cleanly(
     names: Names,
 ) -> None:

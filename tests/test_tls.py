@@ -82,6 +82,7 @@ def amqps(tls_files: TlsFiles) -> Iterator[AmqpsListener]:
     )
 
 
+@pytest.mark.slow
 def test_the_bridge_consumes_over_amqps_and_verifies_the_server_certificate(
     names: Names,
     rabbit: Rabbit,

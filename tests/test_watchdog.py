@@ -98,6 +98,7 @@ def run_tasks(names: Names, count: int) -> None:
     assert len(results) == count
 
 
+@pytest.mark.slow
 def test_the_warning_names_the_worker_started_without_e_and_not_the_one_with_it(
     names: Names, start_bridge: BridgeFactory, worker: Callable[..., Any]
 ) -> None:
@@ -115,6 +116,7 @@ def test_the_warning_names_the_worker_started_without_e_and_not_the_one_with_it(
     assert succeeded > 0, "the worker with -E ran no task, so its silence proves nothing"
 
 
+@pytest.mark.slow
 def test_enable_events_on_start_turns_on_the_task_events_of_a_worker_without_e(
     names: Names, start_bridge: BridgeFactory, worker: Callable[..., Any]
 ) -> None:
