@@ -92,9 +92,9 @@ class _Walk:
             return item
         if isinstance(item, dict):
             return self._mapping(item)
-        if isinstance(item, list | tuple):
+        if isinstance(item, list):
             return [self.value(x) for x in item]
-        return self._msgpack_only(item)
+        return self._other(item)
 
     def _text(self, text: str) -> None:
         if not text.isascii():
@@ -112,7 +112,7 @@ class _Walk:
         pairs = [[self.value(k), self.value(v)] for k, v in mapping.items()]
         return {TYPE: MSGPACK_MAP, VALUE: pairs}
 
-    def _msgpack_only(self, item: Any) -> Any:
+    def _other(self, item: Any) -> Any:
         if isinstance(item, bytes):
             try:  # exactly as kombu's JSON encoder writes bytes
                 return {TYPE: "bytes", VALUE: item.decode("utf-8")}
@@ -120,8 +120,10 @@ class _Walk:
                 return {TYPE: "base64", VALUE: base64.b64encode(item).decode()}
         if isinstance(item, msgpack.Timestamp):
             return _ext(-1, item.to_bytes())
-        if isinstance(item, msgpack.ExtType):
+        if isinstance(item, msgpack.ExtType):  # a tuple: checked before tuples
             return _ext(item.code, item.data)
+        if isinstance(item, tuple):
+            return [self.value(x) for x in item]
         raise NotJson(f"a {type(item).__name__} is not JSON")
 
 
@@ -169,6 +171,6 @@ class _Hook:
 def _from_msgpack_marker(kind: str, value: Any) -> Any:
     if kind == MSGPACK_MAP:
         return {key: item for key, item in value}
-    # Through msgpack itself, so the timestamp type comes back as msgpack.Timestamp.
-    ext = msgpack.ExtType(value["code"], base64.b64decode(value["data"]))
-    return msgpack.unpackb(msgpack.packb(ext), raw=False)
+    code, data = value["code"], base64.b64decode(value["data"])
+    # msgpack reads its timestamp type (-1) as a Timestamp, the application's (0-127) as ExtType.
+    return msgpack.Timestamp.from_bytes(data) if code == -1 else msgpack.ExtType(code, data)
