@@ -268,7 +268,8 @@ def test_msgpack_values_json_cannot_hold_follow_one_convention(value: Any, writt
 
 
 def test_an_event_whose_field_names_are_not_all_strings_is_dead_lettered() -> None:
-    (dead,) = run(msgpack.packb({**event(), 7: "x"}), MSGPACK, "binary")
+    fields: dict[Any, Any] = {**event(), 7: "x"}
+    (dead,) = run(msgpack.packb(fields), MSGPACK, "binary")
     assert isinstance(dead, DeadLetter)
     assert dead.reason is Reason.UNENCODABLE
 
