@@ -6,6 +6,7 @@ Added to a record's own headers when ``BRIDGE_CLOUDEVENTS=binary``; the value st
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from urllib.parse import quote
 
 from celery_kafka_bridge.codec import JSON_CONTENT_TYPE, EventRecord, Headers
@@ -22,13 +23,10 @@ def cloudevent_headers(record: EventRecord) -> Headers:
     (celery.<type>), ce_time (the event's timestamp, when it has one), ce_subject (the task
     id, for task events) and content-type."""
     own = dict(record.headers)
-    source = _NO_SOURCE
-    if record.hostname:
-        source = b"celery://" + quote(record.hostname, safe=_URI_SAFE).encode()
     headers: Headers = [
         _SPEC,
         ("ce_id", own["event_id"]),
-        ("ce_source", source),
+        ("ce_source", _source(record.hostname) if record.hostname else _NO_SOURCE),
         ("ce_type", b"celery." + own["event_type"]),
     ]
     time = _rfc3339(record.timestamp)
@@ -38,6 +36,11 @@ def cloudevent_headers(record: EventRecord) -> Headers:
         headers.append(("ce_subject", own["task_id"]))
     headers.append(_CONTENT_TYPE)
     return headers
+
+
+@lru_cache(maxsize=4096)  # a fleet has a few hostnames; quoting one costs more than the rest
+def _source(hostname: str) -> bytes:
+    return b"celery://" + quote(hostname, safe=_URI_SAFE).encode()
 
 
 def _rfc3339(timestamp: float | None) -> bytes | None:
