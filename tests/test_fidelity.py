@@ -36,6 +36,7 @@ from celery_kafka_bridge.codec import (
     event_id,
 )
 from celery_kafka_bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.reader.events import Event
 from celery_kafka_bridge.reader.replay import EventExchange, replay
 from celery_kafka_bridge.reader.stream import Scan, read_events
 from harness.support import Names, Rabbit, new_vhost, poll
@@ -384,3 +385,12 @@ def received_by_celery(url: str, events: list[Any]) -> dict[str, Any]:
             receiver.should_stop = True
             capture.join(5)
     return {body["uuid"]: shape(body) for body in receiver.bodies}
+
+
+def test_a_json_line_is_the_stored_value_on_one_line_even_when_not_strict() -> None:
+    value = b'{"type": "task-progress",\n "n": NaN,\r\n "s": "a\\nb"}'
+    stored = Event({}, value, "id", partition=0, offset=0, timestamp_ms=0, received_at=None)
+    line = stored.json_line()
+    assert b"\n" not in line
+    assert b"\r" not in line
+    assert shape(jsoncompat.loads_python(line)) == shape(jsoncompat.loads_python(value))
