@@ -31,8 +31,12 @@ NOT_STRICT_HEADER = ("json_strict", b"false")
 """On records whose value only Python's json reads (NaN, infinities, lone surrogates, integers
 past 64 bits)."""
 _MAX_ERROR_CHARS = 300
-_NUMBER = (int, float)
-_PLUS = ord("+")  # a tuple: isinstance with an `int | float` union is twice as slow
+_NUMBER = (int, float)  # a tuple: isinstance with an `int | float` union is twice as slow
+_PLUS = ord("+")
+
+_FAST, _PYTHON, _MSGPACK = "orjson", "python", "msgpack"
+"""Which parser read the body: orjson (the fast path), Python's json (the exact fallback for
+JSON), msgpack."""
 
 _Header = tuple[str, bytes]
 Headers = list[_Header]
@@ -122,11 +126,6 @@ def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
         return _outcomes(envelope, payload, None, _MSGPACK)
     detail = f"content type {content_type or 'missing'!r} is not json or msgpack"
     return [_dead(envelope, Reason.UNSUPPORTED_CONTENT_TYPE, detail, body)]
-
-
-_FAST, _PYTHON, _MSGPACK = "orjson", "python", "msgpack"
-"""Which parser read the body: orjson (the fast path), Python's json (the exact fallback for
-JSON), msgpack."""
 
 
 class _Inexact(Exception):
