@@ -5,13 +5,14 @@ from __future__ import annotations
 import pickle
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import msgpack
 
 from celery_kafka_bridge.codec import Reason
 
 _EVENT = {"type": "task-received", "uuid": "bad-1", "hostname": "w@h", "clock": 1}
-_UNNAMED_FIELD: dict[object, object] = {**_EVENT, 7: "x"}
+_UNNAMED_FIELD: dict[Any, Any] = {**_EVENT, 7: "x"}
 """An event with a field name that is not a string: kombu's msgpack refuses it."""
 
 BAD_MESSAGES: list[tuple[bytes, str | None, list[Reason]]] = [
