@@ -394,3 +394,15 @@ def test_a_json_line_is_the_stored_value_on_one_line_even_when_not_strict() -> N
     assert b"\n" not in line
     assert b"\r" not in line
     assert shape(jsoncompat.loads_python(line)) == shape(jsoncompat.loads_python(value))
+
+
+def test_the_readers_fall_back_to_pythons_json_for_a_value_without_the_header() -> None:
+    value = (
+        b'{"type": "x", "n": NaN, "b": {"__type__": "bytes", "__value__": "k"},'
+        b' "u": {"__type__": "nope", "__value__": 1}}'
+    )
+    data, msgpack_only = jsoncompat.loads(value)
+    assert math.isnan(data["n"])
+    assert data["b"] == b"k"
+    assert data["u"] == {"__type__": "nope", "__value__": 1}, "unknown markers stay as they are"
+    assert not msgpack_only

@@ -135,15 +135,17 @@ def loads(value: bytes, strict: bool = True) -> tuple[Any, bool]:
     """A record value as Celery reads it, and whether it holds msgpack-only values.
 
     ``strict``: the record has no ``json_strict: false`` header, so orjson reads it (fast);
-    otherwise Python's ``json`` does. Type markers become what kombu makes of them (bytes,
-    datetime, Decimal, UUID...); ``msgpack_ext`` and ``msgpack_map`` what msgpack gave
-    (ExtType, Timestamp, maps with any keys); unknown markers stay dicts, as kombu < 5.3
-    left them. Raises ValueError for a value that is not JSON.
+    otherwise, or if orjson refuses it (a record some other producer wrote), Python's ``json``
+    does. Type markers become what kombu makes of them (bytes, datetime, Decimal, UUID...);
+    ``msgpack_ext`` and ``msgpack_map`` what msgpack gave (ExtType, Timestamp, maps with any
+    keys); unknown markers stay dicts, as kombu < 5.3 left them. Raises ValueError for a value
+    that is not JSON.
     """
-    if strict:
-        data = orjson.loads(value)
-        if _MARKER_PROBE not in value:
-            return data, False
+    if strict and _MARKER_PROBE not in value:
+        try:
+            return orjson.loads(value), False
+        except orjson.JSONDecodeError:
+            pass
     hook = _Hook()
     return json.loads(value.decode("utf-8"), object_hook=hook), hook.msgpack_only
 
