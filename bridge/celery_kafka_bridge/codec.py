@@ -181,7 +181,8 @@ def _judge(
         detail = "no string 'type' field"
         dead = _reencode(item, parser)
         return _dead(envelope, Reason.MISSING_TYPE, detail, dead, _index(index))
-    if parser == _FAST:
+    hostname, uuid, timestamp = item.get("hostname"), item.get("uuid"), item.get("timestamp")
+    if parser is _FAST:
         try:
             canonical = _canonical(item)
         except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes
@@ -192,16 +193,10 @@ def _judge(
             raise _Inexact
         strict = True
     else:
-        exact = _exact_canonical(envelope, item, index, parser)
+        exact = _exact(envelope, item, index, parser)
         if isinstance(exact, DeadLetter):
             return exact
-        canonical, strict = exact
-    hostname, uuid, timestamp = item.get("hostname"), item.get("uuid"), item.get("timestamp")
-    extra: tuple[_Header, ...] = ()
-    if not strict:
-        event_type, hostname, uuid = _encodable(event_type), _encodable(hostname), _encodable(uuid)
-        timestamp = timestamp if _finite(timestamp) else None
-        extra = (NOT_STRICT_HEADER,)
+        canonical, strict, event_type, hostname, uuid, timestamp = exact
     # The headers in contract order: event_type, hostname, task_id (when strings), then the rest.
     headers: Headers = [("event_type", event_type.encode())]
     host = task_id = None
@@ -213,7 +208,9 @@ def _judge(
     if isinstance(uuid, str):
         task_id = uuid.encode()
         headers.append(("task_id", task_id))
-    headers += (("event_id", _digest(canonical).encode()), _JSON_HEADER, received_at, *extra)
+    headers += (("event_id", _digest(canonical).encode()), _JSON_HEADER, received_at)
+    if not strict:
+        headers.append(NOT_STRICT_HEADER)
     return EventRecord(
         task_id or host or None,  # the key: the task uuid, else the worker hostname, else none
         canonical if raw is None else raw,
@@ -224,17 +221,25 @@ def _judge(
     )
 
 
-def _exact_canonical(
+def _exact(
     envelope: Envelope, item: dict[Any, Any], index: int | None, parser: str
-) -> tuple[bytes, bool] | DeadLetter:
-    """`jsoncompat.canonical` of an event the fast path did not take, or why it cannot be."""
+) -> tuple[bytes, bool, str, Any, Any, Any] | DeadLetter:
+    """An event the fast path did not take: `jsoncompat.canonical`, whether it is strict, and
+    its type, hostname, uuid and timestamp fit for headers and metrics; or why it cannot be."""
     try:
         if not all(isinstance(name, str) for name in item):
             raise jsoncompat.NotJson("field names must be strings")
-        return jsoncompat.canonical(item, parser == _MSGPACK)
+        canonical, strict = jsoncompat.canonical(item, parser is _MSGPACK)
     except (jsoncompat.NotJson, RecursionError, ValueError) as exc:
         dead = _reencode(item, parser)
         return _dead(envelope, Reason.UNENCODABLE, str(exc), dead, _index(index))
+    fields = item["type"], item.get("hostname"), item.get("uuid")
+    timestamp = item.get("timestamp")
+    if strict:
+        return canonical, strict, *fields, timestamp
+    # A lone surrogate can be neither header bytes nor a metric label; NaN is no time.
+    event_type, hostname, uuid = map(_encodable, fields)
+    return canonical, strict, event_type, hostname, uuid, timestamp if _finite(timestamp) else None
 
 
 def _encodable(value: Any) -> Any:
@@ -258,7 +263,7 @@ def _index(index: int | None) -> Headers:
 def _reencode(item: Any, parser: str) -> bytes:
     """A decoded element as bytes for the dead-letter topic (JSON where possible)."""
     try:
-        return jsoncompat.canonical(item, parser == _MSGPACK)[0]
+        return jsoncompat.canonical(item, parser is _MSGPACK)[0]
     except (jsoncompat.NotJson, RecursionError, ValueError):
         pass
     try:
