@@ -48,7 +48,7 @@ def report(self: Any, progress: int) -> int:
     return progress
 
 
-@app.task(bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+@app.task(bind=True, acks_late=True)
 def refuse(self: Any) -> None:
     """Rejected without requeue: the worker sends task-rejected (acks_late, or it acked)."""
     raise Reject("refused", requeue=False)
