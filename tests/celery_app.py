@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Reject
 
 app = Celery(
     "bridge_tests", broker=os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1//")
@@ -45,3 +46,9 @@ def flaky(self: Any) -> str:
 def report(self: Any, progress: int) -> int:
     self.send_event("task-progress", progress=progress)
     return progress
+
+
+@app.task(bind=True, acks_late=True)
+def refuse(self: Any) -> None:
+    """Rejected without requeue: the worker sends task-rejected (acks_late, or it acked)."""
+    raise Reject("refused", requeue=False)

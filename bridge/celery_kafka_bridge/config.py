@@ -24,6 +24,7 @@ TopologyName = Literal["ordered", "competing", "sharded"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogFormat = Literal["auto", "json", "text"]
+CloudEventsMode = Literal["off", "binary"]
 
 
 class Config(BaseSettings):
@@ -157,6 +158,12 @@ class Config(BaseSettings):
     )
     control_exchange: str = Field(
         "celery", description="Celery's control exchange (the app's control_exchange setting)."
+    )
+    cloudevents: CloudEventsMode = Field(
+        "off",
+        description="binary: also give every event record the CloudEvents Kafka binding's "
+        "binary-mode headers (ce_specversion, ce_id, ce_source, ce_type, ce_time, ce_subject, "
+        "content-type); the value stays the event.",
     )
     silent_task_events_seconds: float = Field(
         300.0,
