@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BENCH_EVENTS ?= 200000
 CHAOS_PROFILE ?= short
 
-.PHONY: install services test lint demo bench chaos clean
+.PHONY: install services test test-fast lint demo bench chaos clean
 
 install: $(STAMP)
 
@@ -22,8 +22,13 @@ services:
 test: install services
 	$(BIN)/python -m pytest
 
+# Unit and fast integration tests: under two minutes.
+test-fast: install services
+	$(BIN)/python -m pytest -m "not slow"
+
 lint: install
 	$(BIN)/ruff check bridge tests harness bench chaos
+	$(BIN)/ruff format --check bridge tests harness bench chaos
 	$(BIN)/mypy
 
 demo: install services

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from kombu import Connection, Consumer, Queue
+from kombu.connection import Connection
+from kombu.entity import Queue
+from kombu.messaging import Consumer
 
 from bench.kafka import read
 from bench.loadgen import event_app

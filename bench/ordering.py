@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from bench.drains import Setup, bridge_config, consuming_since, replicas
 from bench.queues import Rabbit
-from celery_kafka_bridge.amqp.shards import replicas_queue
 from celery_kafka_bridge.config import Config
 from harness.ordering import count_inversions
 from harness.support import (
@@ -91,7 +90,7 @@ def _all_succeeded(task_ids: set[str]) -> Callable[[list[KafkaRecord]], bool]:
 def _clean_up(amqp_url: str, config: Config, task_queue: str) -> None:
     rabbit = Rabbit(amqp_url)
     try:
-        for queue in [*config.event_queues, task_queue, replicas_queue(config)]:
+        for queue in [*config.event_queues, task_queue, config.replicas_queue]:
             rabbit.channel.queue_delete(queue)
         for exchange in (config.shard_exchange, config.event_exchange):
             rabbit.channel.exchange_delete(exchange)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pickle
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import msgpack
 
 from celery_kafka_bridge.codec import Reason
 
 _EVENT = {"type": "task-received", "uuid": "bad-1", "hostname": "w@h", "clock": 1}
+_UNNAMED_FIELD: dict[Any, Any] = {**_EVENT, 7: "x"}
+"""An event with a field name that is not a string: kombu's msgpack refuses it."""
 
 BAD_MESSAGES: list[tuple[bytes, str | None, list[Reason]]] = [
     (b'{"type": "task-received", "uuid": ', "application/json", [Reason.UNDECODABLE]),
@@ -28,7 +31,7 @@ BAD_MESSAGES: list[tuple[bytes, str | None, list[Reason]]] = [
     (b"[]", "application/json", [Reason.EMPTY_LIST]),
     (b'{"type": "task-received"}', None, [Reason.UNSUPPORTED_CONTENT_TYPE]),
     (b"42", "application/json", [Reason.NOT_AN_OBJECT]),
-    (msgpack.packb({**_EVENT, "blob": b"\x00"}), "application/x-msgpack", [Reason.UNENCODABLE]),
+    (msgpack.packb(_UNNAMED_FIELD), "application/x-msgpack", [Reason.UNENCODABLE]),
 ]
 """(body, content type, reason of each dead letter it becomes); the huge body assumes a 64 KiB
 limit (BRIDGE_MAX_MESSAGE_BYTES=65536)."""

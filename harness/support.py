@@ -43,8 +43,8 @@ def amqp_url() -> str:
     return _current["amqp_url"]
 
 
-def _management(method: str, path: str, body: dict[str, str] | None = None) -> None:
-    """One call of RabbitMQ's management HTTP API as the base URL's user."""
+def management(method: str, path: str, body: dict[str, str] | None = None) -> Any:
+    """One call of RabbitMQ's management HTTP API as the base URL's user; its JSON answer."""
     url = urlsplit(BASE_AMQP_URL)
     credentials = f"{unquote(url.username or 'guest')}:{unquote(url.password or 'guest')}"
     request = urllib.request.Request(
@@ -56,8 +56,9 @@ def _management(method: str, path: str, body: dict[str, str] | None = None) -> N
             "content-type": "application/json",
         },
     )
-    with urllib.request.urlopen(request, timeout=10):
-        pass
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = response.read()
+    return json.loads(answer) if answer else None
 
 
 @contextlib.contextmanager
@@ -65,16 +66,16 @@ def new_vhost(name: str) -> Iterator[str]:
     """A vhost for the block (the base user may do anything in it), deleted afterwards with
     everything in it; yields its URL."""
     user = unquote(urlsplit(BASE_AMQP_URL).username or "guest")
-    _management("PUT", f"vhosts/{quote(name, safe='')}")
+    management("PUT", f"vhosts/{quote(name, safe='')}")
     try:
-        _management(
+        management(
             "PUT",
             f"permissions/{quote(name, safe='')}/{quote(user, safe='')}",
             {"configure": ".*", "write": ".*", "read": ".*"},
         )
         yield vhost_url(name)
     finally:
-        _management("DELETE", f"vhosts/{quote(name, safe='')}")
+        management("DELETE", f"vhosts/{quote(name, safe='')}")
 
 
 @contextlib.contextmanager
@@ -256,18 +257,25 @@ class BridgeProcess:
         return self
 
 
+def amqp_connection(url_text: str | None = None, **options: Any) -> amqp.Connection:
+    """A connected py-amqp connection to ``url_text`` (the test's vhost by default)."""
+    url = urlsplit(url_text or amqp_url())
+    conn = amqp.Connection(
+        f"{url.hostname or '127.0.0.1'}:{url.port or 5672}",
+        userid=unquote(url.username or "guest"),
+        password=unquote(url.password or "guest"),
+        virtual_host=unquote(url.path[1:]) if url.path not in ("", "/") else "/",
+        **options,
+    )
+    conn.connect()
+    return conn
+
+
 class Rabbit:
     """A plain py-amqp connection for declaring, inspecting and publishing in tests."""
 
     def __init__(self, url_text: str | None = None) -> None:
-        url = urlsplit(url_text or amqp_url())
-        self.conn = amqp.Connection(
-            f"{url.hostname or '127.0.0.1'}:{url.port or 5672}",
-            userid=unquote(url.username or "guest"),
-            password=unquote(url.password or "guest"),
-            virtual_host=unquote(url.path[1:]) if url.path not in ("", "/") else "/",
-        )
-        self.conn.connect()
+        self.conn = amqp_connection(url_text)
         self.channel = self.conn.channel()
 
     def queue_state(self, queue: str) -> tuple[int, int]:
@@ -312,6 +320,7 @@ class Rabbit:
         return messages
 
     def delete(self, queues: Iterable[str] = (), exchanges: Iterable[str] = ()) -> None:
+        """For bench and chaos runs, which work in the shared vhost; tests drop their vhost."""
         for queue in queues:
             self.channel.queue_delete(queue)
         for exchange in exchanges:

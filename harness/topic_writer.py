@@ -61,7 +61,7 @@ def task_events(
 ) -> list[dict[str, Any]]:
     """A plausible sent/received/started/succeeded sequence for one task."""
     t0 = time.time() if start is None else start
-    steps = [
+    steps: list[tuple[str, dict[str, Any]]] = [
         ("task-sent", {"name": name, "args": "(1, 2)", "kwargs": "{}"}),
         ("task-received", {"name": name}),
         ("task-started", {}),

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Reject
 
 app = Celery(
     "bridge_tests", broker=os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1//")
@@ -17,6 +18,10 @@ app.conf.update(
     control_exchange=os.environ.get("TEST_CONTROL_EXCHANGE", "celery"),
     broker_connection_retry_on_startup=True,
     result_backend=None,
+    # RabbitMQ 4.3 refuses transient queues that are not exclusive: Celery's own event-receiver
+    # and control (pidbox) queues are declared exclusive.
+    event_queue_exclusive=True,
+    control_queue_exclusive=True,
 )
 
 
@@ -41,3 +46,9 @@ def flaky(self: Any) -> str:
 def report(self: Any, progress: int) -> int:
     self.send_event("task-progress", progress=progress)
     return progress
+
+
+@app.task(bind=True, acks_late=True)
+def refuse(self: Any) -> None:
+    """Rejected without requeue: the worker sends task-rejected (acks_late, or it acked)."""
+    raise Reject("refused", requeue=False)

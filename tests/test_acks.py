@@ -37,6 +37,7 @@ def test_a_tag_lost_on_the_way_is_never_swept_up_by_a_multiple_ack() -> None:
     for tag in (1, 2, 4, 5):
         tracker.complete(tag)
     assert tracker.take_acks() == ([(2, True), (4, False), (5, False)], 4)
+    assert tracker.acked_through == 2, "3 is unacked, so nothing past 2 is acked through"
     tracker.add(6)
     tracker.complete(6)
     assert tracker.take_acks() == ([(6, False)], 1)
@@ -59,4 +60,6 @@ def test_every_delivery_is_acked_exactly_once_and_only_after_completion(
             assert lost not in span, "a multiple ack swept up a delivery the tracker never saw"
             assert set(span) <= completed
             covered.extend(span)
+        assert set(range(1, tracker.acked_through + 1)) <= set(covered)
     assert sorted(covered) == tags
+    assert tracker.acked_through == (lost - 1 if lost else 29)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import amqp
 import pytest
 
 from celery_kafka_bridge.amqp.frames import Delivered, fast_frame_handler
-from harness.support import Names, Rabbit, poll
+from harness.support import Names, Rabbit, amqp_connection, poll
 
 # (body, properties) covering what py-amqp decodes: every property kind, headers tables, no
 # properties, an empty body and bodies spanning several frames (RabbitMQ's frame_max: 128 KiB).
@@ -43,21 +42,14 @@ MESSAGES: list[tuple[bytes, dict[str, Any]]] = [
 
 
 @pytest.fixture
-def queues(rabbit: Rabbit, names: Names) -> Iterator[tuple[str, str]]:
+def queues(rabbit: Rabbit, names: Names) -> tuple[str, str]:
     """Two queues bound to the test's exchange, so both see the same messages."""
     pair = (f"{names.queue}-fast", f"{names.queue}-pyamqp")
     rabbit.channel.exchange_declare(names.exchange, "topic", durable=True, auto_delete=False)
     for queue in pair:
         rabbit.channel.queue_declare(queue, durable=True, auto_delete=False)
         rabbit.channel.queue_bind(queue, names.exchange, "#")
-    yield pair
-    rabbit.delete(queues=pair)
-
-
-def connect(**options: Any) -> amqp.Connection:
-    conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest", **options)
-    conn.connect()
-    return conn
+    return pair
 
 
 def consume(conn: amqp.Connection, queue: str, count: int, redeliver: bool = False) -> list[Any]:
@@ -81,9 +73,11 @@ def consume(conn: amqp.Connection, queue: str, count: int, redeliver: bool = Fal
     return received
 
 
-def drain(conn: amqp.Connection) -> None:
+def drain(conn: amqp.Connection) -> bool:
+    """Handle what arrives within 50 ms; False, so polls go on to their condition."""
     with contextlib.suppress(TimeoutError):
         conn.drain_events(timeout=0.05)
+    return False
 
 
 def seen(message: Any) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
@@ -106,7 +100,7 @@ def test_fast_path_sees_what_pyamqp_sees(
 ) -> None:
     for i, (body, props) in enumerate(MESSAGES):
         rabbit.channel.basic_publish(amqp.Message(body, **props), names.exchange, f"task.{i}")
-    fast_conn, plain_conn = connect(frame_handler=fast_frame_handler), connect()
+    fast_conn, plain_conn = amqp_connection(frame_handler=fast_frame_handler), amqp_connection()
     try:
         fast = consume(fast_conn, queues[0], len(MESSAGES), redeliver)
         plain = consume(plain_conn, queues[1], len(MESSAGES), redeliver)
@@ -124,7 +118,7 @@ def test_a_delivery_without_a_consumer_callback_is_requeued(
     rabbit: Rabbit, names: Names, queues: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """As py-amqp does: a delivery for a consumer the channel no longer knows goes back."""
-    conn = connect(frame_handler=fast_frame_handler)
+    conn = amqp_connection(frame_handler=fast_frame_handler)
     try:
         channel = conn.channel()
         channel.auto_decode = False
@@ -144,7 +138,7 @@ def test_a_channel_that_decodes_bodies_keeps_pyamqps_path(
     rabbit.channel.basic_publish(
         amqp.Message("é".encode(), content_encoding="utf-8"), names.exchange, "task.x"
     )
-    conn = connect(frame_handler=fast_frame_handler)
+    conn = amqp_connection(frame_handler=fast_frame_handler)
     received: list[Any] = []
     try:
         channel = conn.channel()  # auto_decode is on by default

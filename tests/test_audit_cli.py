@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 from celery import Celery
 from celery.events.receiver import EventReceiver
 from celery.events.state import State
@@ -39,6 +40,7 @@ def witness_state(events: list[dict[str, Any]]) -> State:
     return state
 
 
+@pytest.mark.slow
 def test_timeline_and_state_agree_with_what_the_witness_queue_saw(
     *,
     names: Names,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from bench.latency import Percentiles
@@ -13,6 +14,7 @@ from celery_kafka_bridge.embedded import EmbeddedKafka
 from harness.support import Names, amqp_url
 
 
+@pytest.mark.slow
 def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     names: Names, kafka: EmbeddedKafka, tmp_path: Path
 ) -> None:

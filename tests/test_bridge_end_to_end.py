@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 from celery import Celery
 
 from celery_kafka_bridge.codec import event_id
@@ -49,6 +50,7 @@ def run_task_mix(app: Celery) -> list[str]:
     return [r.id for r in [*results, revoked]]
 
 
+@pytest.mark.slow
 def test_every_event_a_worker_sends_reaches_kafka_keyed_and_unchanged(
     names: Names,
     kafka: EmbeddedKafka,

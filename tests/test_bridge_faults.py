@@ -8,6 +8,7 @@ import threading
 import time
 
 import psutil
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from celery_kafka_bridge.codec import Reason
@@ -37,6 +38,7 @@ def assert_nothing_lost(kafka: EmbeddedKafka, names: Names, rabbit: Rabbit, witn
     poll(lambda: rabbit.queue_state(names.queue)[0] == 0, 30, what="bridge queue drained")
 
 
+@pytest.mark.slow
 def test_killing_one_of_three_replicas_mid_stream_loses_nothing(
     names: Names, kafka: EmbeddedKafka, rabbit: Rabbit, witness: str, start_bridge: BridgeFactory
 ) -> None:
@@ -53,6 +55,7 @@ def test_killing_one_of_three_replicas_mid_stream_loses_nothing(
     assert all(r.alive() for r in replicas[1:])
 
 
+@pytest.mark.slow
 def test_events_sent_while_every_replica_is_down_are_delivered_after_restart(
     names: Names, kafka: EmbeddedKafka, rabbit: Rabbit, witness: str, start_bridge: BridgeFactory
 ) -> None:
@@ -68,6 +71,7 @@ def test_events_sent_while_every_replica_is_down_are_delivered_after_restart(
     assert_nothing_lost(kafka, names, rabbit, witness)
 
 
+@pytest.mark.slow
 def test_a_frozen_kafka_loses_nothing_and_memory_stays_bounded(
     names: Names,
     own_kafka: EmbeddedKafka,
@@ -113,6 +117,7 @@ BAD_MESSAGES: list[tuple[bytes, str | None, Reason]] = [
 ]
 
 
+@pytest.mark.slow
 def test_poison_messages_go_to_the_dead_letter_topic_and_good_ones_through(
     names: Names, kafka: EmbeddedKafka, rabbit: Rabbit, witness: str, start_bridge: BridgeFactory
 ) -> None:
@@ -145,6 +150,7 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_good_ones_through(
     poll(lambda: rabbit.queue_state(names.queue)[0] == 0, 30, what="bridge queue drained")
 
 
+@pytest.mark.slow
 def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
     names: Names, kafka: EmbeddedKafka, rabbit: Rabbit, witness: str, start_bridge: BridgeFactory
 ) -> None:
@@ -182,6 +188,7 @@ def test_a_kafka_that_is_away_is_logged_once_per_retry_and_sigterm_exits_zero(
     assert "aiokafka" not in loggers, "aiokafka repeats what the bridge already said"
 
 
+@pytest.mark.slow
 def test_an_empty_kafka_replacing_the_old_one_gets_the_topics_back_and_the_stream_resumes(
     names: Names,
     own_kafka: EmbeddedKafka,

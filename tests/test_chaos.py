@@ -27,6 +27,7 @@ def assert_passed(result: Result) -> None:
     assert result.passed, "; ".join(result.failures())
 
 
+@pytest.mark.slow
 def test_killing_a_random_replica_every_few_seconds_loses_nothing(ctx: Context) -> None:
     result = scenarios.kill_replicas(SHORT, ctx)
     assert_passed(result)
@@ -34,12 +35,14 @@ def test_killing_a_random_replica_every_few_seconds_loses_nothing(ctx: Context) 
     assert result.duplicates <= result.figures["duplicate_bound"]
 
 
+@pytest.mark.slow
 def test_a_rabbitmq_restart_loses_no_accepted_event_with_a_quorum_queue(ctx: Context) -> None:
     result = scenarios.restart_rabbitmq("quorum")(SHORT, ctx)
     assert_passed(result)
     assert result.lost == 0
 
 
+@pytest.mark.slow
 def test_a_rabbitmq_restart_loses_the_classic_queue_backlog_and_the_bridge_recovers(
     ctx: Context,
 ) -> None:
@@ -49,18 +52,21 @@ def test_a_rabbitmq_restart_loses_the_classic_queue_backlog_and_the_bridge_recov
     assert result.lost > 0
 
 
+@pytest.mark.slow
 def test_a_frozen_kafka_loses_nothing_and_the_bridge_stops_taking_messages(ctx: Context) -> None:
     result = scenarios.freeze_kafka(SHORT, ctx)
     assert_passed(result)
     assert result.lost == 0
 
 
+@pytest.mark.slow
 def test_cutting_the_amqp_connection_again_and_again_loses_nothing(ctx: Context) -> None:
     result = scenarios.cut_amqp(SHORT, ctx)
     assert_passed(result)
     assert result.lost == 0
 
 
+@pytest.mark.slow
 def test_malformed_input_is_dead_lettered_and_good_events_all_pass(ctx: Context) -> None:
     result = scenarios.bad_input(SHORT, ctx)
     assert_passed(result)
@@ -68,6 +74,7 @@ def test_malformed_input_is_dead_lettered_and_good_events_all_pass(ctx: Context)
     assert result.published == SHORT.good_events
 
 
+@pytest.mark.slow
 def test_a_steady_load_grows_neither_memory_nor_descriptors_nor_threads(ctx: Context) -> None:
     result = scenarios.soak(SHORT, ctx)
     assert_passed(result)

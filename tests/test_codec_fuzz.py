@@ -75,7 +75,8 @@ def deep_json(depth: int, kind: str) -> bytes:
 
 def deep_msgpack(depth: int) -> bytes:
     """A map {"type": "task-received", "deep": [[[...nil...]]]} nested ``depth`` arrays deep."""
-    head = b"\x82" + msgpack.packb("type") + msgpack.packb("task-received") + msgpack.packb("deep")
+    head: bytes = b"\x82" + msgpack.packb("type") + msgpack.packb("task-received")
+    head += msgpack.packb("deep")
     return head + b"\x91" * depth + b"\xc0"
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from celery_kafka_bridge.codec import record_key
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from celery_kafka_bridge.reader.events import ClockOrder, Dedup, Event
 from celery_kafka_bridge.reader.stream import (
@@ -140,12 +139,11 @@ def test_the_sync_helper_reads_a_tasks_partition_only_and_orders_by_clock(
     shuffled = [target[2], target[0], target[3], target[1]]
     others = [e for t in tasks[1:] for e in t]
     write_records(kafka.bootstrap_servers, names.topic, [encode(e) for e in shuffled + others])
-    key = record_key(target[0])
-    assert key is not None
+    key = target[0]["uuid"].encode()  # task events are keyed by task uuid
     same_partition = sum(
         1
         for e in others
-        if partition_for(record_key(e) or b"", [0, 1, 2, 3]) == partition_for(key, [0, 1, 2, 3])
+        if partition_for(e["uuid"].encode(), [0, 1, 2, 3]) == partition_for(key, [0, 1, 2, 3])
     )
 
     scan = Scan(

@@ -58,6 +58,7 @@ def demo(names: Names, tmp_path: Path) -> Iterator[Any]:
             process.wait()
 
 
+@pytest.mark.slow
 def test_demo_worker_and_producer_make_succeeded_failed_and_retried_events(
     demo: Any, rabbit: Rabbit, names: Names, tmp_path: Path
 ) -> None:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 
-from harness.support import Rabbit, run_cli
+import pytest
+
+from harness.support import Names, Rabbit, amqp_url, run_cli
 
 
-def test_the_demo_shows_keyed_records_of_a_real_worker_and_stops_every_process_cleanly() -> None:
+@pytest.mark.slow
+def test_the_demo_shows_keyed_records_of_a_real_worker_and_stops_every_process_cleanly(
+    names: Names,
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env["BRIDGE_AMQP_URL"] = amqp_url()  # the test's own vhost, deleted afterwards
     result = run_cli("demo", "--seconds", "12", env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout

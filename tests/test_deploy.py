@@ -36,6 +36,9 @@ K8S = ROOT / "deploy" / "k8s"
 # 1.29 is the oldest release with native sidecars (init containers with restartPolicy: Always).
 K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 SECRET_SUFFIX = "_FILE"
+ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+# The Prometheus Operator's API group: its objects are checked against alerts.yaml instead.
+CUSTOM_RESOURCE_GROUPS = {"monitoring.coreos.com"}
 
 
 def unknown_settings(names: Iterable[str]) -> list[str]:
@@ -362,6 +365,11 @@ def manifests() -> list[tuple[Path, dict[str, Any]]]:
     ]
 
 
+def custom_resource(document: dict[str, Any]) -> bool:
+    """Whether the object is of an operator's kind, unknown to the Kubernetes schemas."""
+    return str(document["apiVersion"]).split("/")[0] in CUSTOM_RESOURCE_GROUPS
+
+
 def find(kind: str, path: Path | None = None) -> dict[str, Any]:
     (found,) = [d for p, d in manifests() if d["kind"] == kind and (path is None or p == path)]
     return found
@@ -390,7 +398,9 @@ def bridge_containers() -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize(
-    ("path", "document"), manifests(), ids=lambda v: v.name if isinstance(v, Path) else ""
+    ("path", "document"),
+    [(p, d) for p, d in manifests() if not custom_resource(d)],
+    ids=lambda v: v.name if isinstance(v, Path) else "",
 )
 def test_manifest_is_valid_against_the_kubernetes_schema(
     path: Path, document: dict[str, Any], version: str
@@ -403,6 +413,17 @@ def test_kustomization_lists_every_manifest_but_the_sidecar_example() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     files = {p.name for p, _ in manifests()} - {"sidecar-example.yaml"}
     assert sorted(kustomization["resources"]) == sorted(files)
+    assert "prometheusrule.yaml" in kustomization["resources"]
+
+
+def test_prometheus_rule_holds_exactly_the_rules_of_the_prometheus_rules_file() -> None:
+    """No schema knows the PrometheusRule CRD offline: its shape is checked here, and its
+    rules are the promtool-tested ones (tests/test_alerts.py)."""
+    (rule,) = [d for _, d in manifests() if custom_resource(d)]
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["metadata"]["name"] == deployment()["metadata"]["name"]
+    assert rule.keys() == {"apiVersion", "kind", "metadata", "spec"}
+    assert rule["spec"] == {"groups": yaml.safe_load(ALERT_RULES.read_text())["groups"]}
 
 
 def test_deployment_runs_three_replicas_spread_over_nodes() -> None:

@@ -6,6 +6,7 @@ import json
 import socket
 
 import psutil
+import pytest
 
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from harness.support import BridgeProcess, json_lines, poll
@@ -18,6 +19,7 @@ def ready(bridge: BridgeProcess) -> bool:
     return bridge.http("/readyz")[0] == 200
 
 
+@pytest.mark.slow
 def test_a_consuming_bridge_is_live_ready_and_serves_its_metrics(
     start_bridge: BridgeFactory,
 ) -> None:
@@ -39,6 +41,7 @@ def test_a_consuming_bridge_is_live_ready_and_serves_its_metrics(
     assert '"state":"ready"' in bridge.log()
 
 
+@pytest.mark.slow
 def test_readiness_drops_while_kafka_is_frozen_and_returns_on_its_own(
     own_kafka: EmbeddedKafka, start_bridge: BridgeFactory
 ) -> None:

@@ -13,6 +13,7 @@ from celery_kafka_bridge.embedded import EmbeddedKafka
 from celery_kafka_bridge.kafka.batches import Listener
 from celery_kafka_bridge.metrics import MAX_LABELS, Metrics
 from celery_kafka_bridge.pipeline import Pipeline
+from celery_kafka_bridge.workers import WorkerActivity
 from harness.support import Names, Rabbit, poll, publish_events
 from tests.conftest import BridgeFactory
 
@@ -40,7 +41,10 @@ def value(metrics: Metrics, name: str, **labels: str) -> float:
 
 async def test_the_pipeline_counts_events_dead_letters_acks_and_redeliveries() -> None:
     metrics = Metrics()
-    pipeline = Pipeline(ConfirmingSink(), 10_000, lambda _g, _ops: None, metrics=metrics)
+    workers = WorkerActivity()
+    pipeline = Pipeline(
+        ConfirmingSink(), 10_000, lambda _g, _ops, _through: None, metrics=metrics, workers=workers
+    )
     pipeline.attach(1)
     event = b'{"type": "task-received", "uuid": "u1", "hostname": "w@h", "timestamp": 1700000000.0}'
     pair = b'[{"type": "task-started", "hostname": "w@h"}, {"type": "task-started"}]'
@@ -58,24 +62,25 @@ async def test_the_pipeline_counts_events_dead_letters_acks_and_redeliveries() -
     assert value(metrics, "publish_latency_seconds_count") == 3
     assert value(metrics, "event_age_seconds_count") == 1, "only one event had a timestamp"
     assert value(metrics, "in_flight_messages") == 0
-    assert metrics.last_seen == {"w@h": 1_700_000_000.0}
-    assert metrics.last_task_event == {"w@h": 1_700_000_000.0}
+    assert workers.last_seen == {"w@h": 1_700_000_000.0}
+    assert workers.last_task_event == {"w@h": 1_700_000_000.0}
 
 
 def test_event_types_beyond_the_label_cap_count_as_other() -> None:
     metrics = Metrics()
     for i in range(MAX_LABELS + 5):
-        metrics.consumed(EventRecord(None, b"{}", [], f"custom-{i}"), 0.0)
+        metrics.consumed(EventRecord(None, b"{}", [], f"custom-{i}"))
     assert value(metrics, "events_consumed_total", event_type="other") == 5
     assert value(metrics, "events_consumed_total", event_type="custom-0") == 1
 
 
 def test_workers_appear_with_their_last_event_time_and_are_forgotten_after_an_hour() -> None:
-    metrics = Metrics()
-    metrics.consumed(EventRecord(b"w@h", b"{}", [], "worker-heartbeat", "w@h", 5.0), 100.0)
+    metrics, workers = Metrics(), WorkerActivity()
+    metrics.export_workers(workers)
+    workers.observe(EventRecord(b"w@h", b"{}", [], "worker-heartbeat", "w@h", 5.0), 100.0)
     page = generate_latest(metrics.registry).decode()
     assert f'{PREFIX}_worker_last_event_timestamp_seconds{{hostname="w@h"}} 100.0' in page
-    metrics.forget_workers(100.0 + 3601)
+    workers.forget(100.0 + 3601)
     assert "w@h" not in generate_latest(metrics.registry).decode()
 
 

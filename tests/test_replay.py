@@ -12,7 +12,7 @@ import pytest
 from celery import Celery
 from celery.events.receiver import EventReceiver
 from click.testing import CliRunner
-from kombu import Connection
+from kombu.connection import Connection
 
 from celery_kafka_bridge.cli import main
 from celery_kafka_bridge.codec import EventRecord

@@ -79,6 +79,7 @@ def test_events_of_many_workers_spread_over_every_shard(
     assert all(depths()), "a shard got no worker"
 
 
+@pytest.mark.slow
 def test_three_sharded_replicas_keep_every_worker_in_order_through_a_kill(
     names: Names,
     kafka: EmbeddedKafka,
@@ -100,6 +101,7 @@ def test_three_sharded_replicas_keep_every_worker_in_order_through_a_kill(
     assert final_states(topic_events) == final_states(witness_events)
 
 
+@pytest.mark.slow
 def test_replicas_share_the_active_shards_and_take_over_those_of_a_dead_or_new_one(
     names: Names, rabbit: Rabbit, start_bridge: BridgeFactory, shards: list[str]
 ) -> None:
@@ -143,6 +145,7 @@ def sharded_backlog(
         publish_events(names.exchange, per_host, hostname=hostname)
 
 
+@pytest.mark.slow
 def test_switching_from_sharded_retires_the_shards_and_the_hash_exchange_and_loses_nothing(
     names: Names,
     kafka: EmbeddedKafka,
@@ -158,6 +161,7 @@ def test_switching_from_sharded_retires_the_shards_and_the_hash_exchange_and_los
     assert_witnessed_in_kafka(kafka.bootstrap_servers, names.topic, rabbit, witness, 60)
 
 
+@pytest.mark.slow
 def test_fewer_shards_retires_the_extra_ones_and_loses_nothing(
     names: Names,
     kafka: EmbeddedKafka,

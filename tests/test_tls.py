@@ -24,7 +24,7 @@ from celery_kafka_bridge.embedded import EmbeddedKafka, free_port, wait_for_port
 from celery_kafka_bridge.errors import ConfigError
 from celery_kafka_bridge.kafka.sink import KafkaSink
 from celery_kafka_bridge.tls import amqp_ssl
-from harness.support import Names, Rabbit, poll, read_topic
+from harness.support import Names, Rabbit, poll, read_topic, vhost_url
 from tests.conftest import BridgeFactory
 
 
@@ -82,6 +82,7 @@ def amqps(tls_files: TlsFiles) -> Iterator[AmqpsListener]:
     )
 
 
+@pytest.mark.slow
 def test_the_bridge_consumes_over_amqps_and_verifies_the_server_certificate(
     names: Names,
     rabbit: Rabbit,
@@ -89,12 +90,12 @@ def test_the_bridge_consumes_over_amqps_and_verifies_the_server_certificate(
     start_bridge: BridgeFactory,
     kafka: EmbeddedKafka,
 ) -> None:
-    url = f"amqps://guest:guest@localhost:{amqps.port}//"
+    url = vhost_url(names.vhost, f"amqps://guest:guest@localhost:{amqps.port}")
     untrusting = start_bridge(wait=False, BRIDGE_AMQP_URL=url)
     poll(lambda: "CERTIFICATE_VERIFY_FAILED" in untrusting.log(), 20, what="rejected certificate")
     untrusting.kill()
     bridge = start_bridge(BRIDGE_AMQP_URL=url, BRIDGE_AMQP_SSL_CAFILE=str(amqps.ca))
-    assert f"at amqps://guest:***@localhost:{amqps.port}//" in bridge.log()
+    assert f"at amqps://guest:***@localhost:{amqps.port}/{names.vhost}" in bridge.log()
     body = b'{"type": "worker-heartbeat", "hostname": "tls@h", "timestamp": 1.0}'
     rabbit.publish(names.exchange, "worker.heartbeat", body, "application/json")
     (record,) = read_topic(kafka.bootstrap_servers, names.topic, until=bool, timeout=30, idle=0.5)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
+import pytest
 from celery.events.state import State
 
 from celery_kafka_bridge.codec import event_id
@@ -104,6 +105,7 @@ def every_task_written(
     return records, witnessed
 
 
+@pytest.mark.slow
 def test_ordered_replicas_keep_every_task_in_order_through_a_failover(
     names: Names,
     kafka: EmbeddedKafka,
@@ -132,6 +134,7 @@ def test_ordered_replicas_keep_every_task_in_order_through_a_failover(
     )
 
 
+@pytest.mark.slow
 def test_ordered_keeps_every_task_in_order_through_a_kafka_outage(
     names: Names,
     own_kafka: EmbeddedKafka,
@@ -164,6 +167,7 @@ def test_ordered_keeps_every_task_in_order_through_a_kafka_outage(
     assert final_states(topic_events) == final_states(witness_events)
 
 
+@pytest.mark.slow
 def test_competing_replicas_lose_nothing_and_their_inversion_rate_is_reported(
     names: Names,
     kafka: EmbeddedKafka,
@@ -180,6 +184,7 @@ def test_competing_replicas_lose_nothing_and_their_inversion_rate_is_reported(
     )
 
 
+@pytest.mark.slow
 def test_switching_topology_drains_the_old_queue_then_deletes_it_and_loses_nothing(
     names: Names,
     kafka: EmbeddedKafka,
@@ -201,6 +206,7 @@ def test_switching_topology_drains_the_old_queue_then_deletes_it_and_loses_nothi
     poll(lambda: rabbit.queue_state(names.queue)[0] == 0, 30, what="new queue drained")
 
 
+@pytest.mark.slow
 def test_an_old_replica_restarting_mid_switch_cannot_leave_the_exchange_feeding_nothing(
     names: Names,
     kafka: EmbeddedKafka,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -12,6 +13,7 @@ from celery_kafka_bridge.codec import EventRecord
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.metrics import Metrics
 from celery_kafka_bridge.watchdog import Watchdog
+from celery_kafka_bridge.workers import WorkerActivity
 from harness.support import Names, poll
 from tests.conftest import BridgeFactory
 from tests.test_bridge_end_to_end import client_app
@@ -20,28 +22,36 @@ PREFIX = "celery_kafka_bridge"
 WINDOW = 60.0
 
 
-def heartbeat(metrics: Metrics, host: str, at: float, processed: int) -> None:
+@dataclass
+class Watched:
+    watchdog: Watchdog
+    metrics: Metrics
+    workers: WorkerActivity
+
+
+def heartbeat(watched: Watched, host: str, at: float, processed: int) -> None:
     body = orjson.dumps({"type": "worker-heartbeat", "hostname": host, "processed": processed})
-    metrics.consumed(EventRecord(host.encode(), body, [], "worker-heartbeat", host, at), at)
+    watched.workers.observe(EventRecord(host.encode(), body, [], "worker-heartbeat", host, at), at)
 
 
-def task_event(metrics: Metrics, host: str, at: float) -> None:
-    metrics.consumed(EventRecord(b"t", b"{}", [], "task-succeeded", host, at), at)
+def task_event(watched: Watched, host: str, at: float) -> None:
+    watched.workers.observe(EventRecord(b"t", b"{}", [], "task-succeeded", host, at), at)
 
 
 @pytest.fixture
-def watched() -> tuple[Watchdog, Metrics]:
-    metrics = Metrics()
-    return Watchdog(Config.load(silent_task_events_seconds=WINDOW), metrics), metrics
+def watched() -> Watched:
+    metrics, workers = Metrics(), WorkerActivity()
+    config = Config.load(silent_task_events_seconds=WINDOW)
+    return Watched(Watchdog(config, metrics, workers), metrics, workers)
 
 
 def test_a_worker_that_works_without_task_events_is_flagged_once(
-    watched: tuple[Watchdog, Metrics], caplog: pytest.LogCaptureFixture
+    watched: Watched, caplog: pytest.LogCaptureFixture
 ) -> None:
-    watchdog, metrics = watched
-    heartbeat(metrics, "quiet@h", 0.0, processed=0)
+    watchdog, metrics = watched.watchdog, watched.metrics
+    heartbeat(watched, "quiet@h", 0.0, processed=0)
     watchdog.check(1.0)
-    heartbeat(metrics, "quiet@h", WINDOW + 1, processed=10)
+    heartbeat(watched, "quiet@h", WINDOW + 1, processed=10)
     watchdog.check(WINDOW + 2)
     watchdog.check(WINDOW + 3)
     assert watchdog.silent == {"quiet@h"}
@@ -51,32 +61,32 @@ def test_a_worker_that_works_without_task_events_is_flagged_once(
 
 
 def test_an_idle_worker_and_one_sending_task_events_are_not_flagged(
-    watched: tuple[Watchdog, Metrics],
+    watched: Watched,
 ) -> None:
-    watchdog, metrics = watched
-    heartbeat(metrics, "idle@h", 0.0, processed=5)
-    heartbeat(metrics, "busy@h", 0.0, processed=0)
+    watchdog = watched.watchdog
+    heartbeat(watched, "idle@h", 0.0, processed=5)
+    heartbeat(watched, "busy@h", 0.0, processed=0)
     watchdog.check(1.0)
-    task_event(metrics, "busy@h", 10.0)
-    heartbeat(metrics, "busy@h", 11.0, processed=50)  # counts the tasks whose events came
+    task_event(watched, "busy@h", 10.0)
+    heartbeat(watched, "busy@h", 11.0, processed=50)  # counts the tasks whose events came
     watchdog.check(12.0)
     for at in (WINDOW + 1, 3 * WINDOW):
-        heartbeat(metrics, "idle@h", at, processed=5)
-        heartbeat(metrics, "busy@h", at, processed=50)
+        heartbeat(watched, "idle@h", at, processed=5)
+        heartbeat(watched, "busy@h", at, processed=50)
         watchdog.check(at + 1)
         assert watchdog.silent == set()
 
 
 def test_a_flagged_worker_is_cleared_when_its_task_events_resume(
-    watched: tuple[Watchdog, Metrics],
+    watched: Watched,
 ) -> None:
-    watchdog, metrics = watched
-    heartbeat(metrics, "w@h", 0.0, processed=0)
+    watchdog = watched.watchdog
+    heartbeat(watched, "w@h", 0.0, processed=0)
     watchdog.check(1.0)
-    heartbeat(metrics, "w@h", WINDOW + 1, processed=3)
+    heartbeat(watched, "w@h", WINDOW + 1, processed=3)
     watchdog.check(WINDOW + 2)
     assert watchdog.silent == {"w@h"}
-    task_event(metrics, "w@h", WINDOW + 3)
+    task_event(watched, "w@h", WINDOW + 3)
     watchdog.check(WINDOW + 4)
     assert watchdog.silent == set()
 
@@ -88,6 +98,7 @@ def run_tasks(names: Names, count: int) -> None:
     assert len(results) == count
 
 
+@pytest.mark.slow
 def test_the_warning_names_the_worker_started_without_e_and_not_the_one_with_it(
     names: Names, start_bridge: BridgeFactory, worker: Callable[..., Any]
 ) -> None:
@@ -105,6 +116,7 @@ def test_the_warning_names_the_worker_started_without_e_and_not_the_one_with_it(
     assert succeeded > 0, "the worker with -E ran no task, so its silence proves nothing"
 
 
+@pytest.mark.slow
 def test_enable_events_on_start_turns_on_the_task_events_of_a_worker_without_e(
     names: Names, start_bridge: BridgeFactory, worker: Callable[..., Any]
 ) -> None:

@@ -22,6 +22,8 @@ class AckTracker:
         self._done: set[int] = set()
         self._last_acked = 0
         self._unbroken = True
+        self.acked_through = 0
+        """Every delivery up to this tag is acked: the end of the unbroken run."""
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -52,4 +54,5 @@ class AckTracker:
             self._last_acked = tag
         if run_end:
             ops.insert(0, (run_end, True))
+            self.acked_through = run_end
         return ops, count

@@ -17,6 +17,7 @@ from celery_kafka_bridge.logs import describe, setup_logging
 from celery_kafka_bridge.options import setting_options
 from celery_kafka_bridge.reader.commands import COMMANDS
 from celery_kafka_bridge.runner import run_bridge
+from celery_kafka_bridge.schemas import schema_names, schema_text
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ config_options = setting_options(*Config.model_fields)
 def load_config(flags: dict[str, Any]) -> Config:
     """Settings from the environment and the flags given; exit 2 with one line if invalid."""
     try:
-        return Config.load(**{k: v for k, v in flags.items() if v is not None})
+        return Config.from_flags(flags)
     except ConfigError as exc:
         click.echo(f"celery-kafka-bridge: {exc}", err=True)
         sys.exit(2)
@@ -60,6 +61,22 @@ def run(**flags: Any) -> None:
 def demo(seconds: float) -> None:
     """Two replicas, a real worker (-E) and a task stream; watch records land in Kafka."""
     run_demo(load_config({}), seconds)
+
+
+@main.command()
+@click.argument("name", required=False)
+def schema(name: str | None) -> None:
+    """Print the JSON Schema of a record value (NAME: an event type, or custom for any other
+    type) or of the record headers (NAME: headers); without NAME, list the names."""
+    if name is None:
+        click.echo("\n".join(schema_names()))
+        return
+    try:
+        click.echo(schema_text(name), nl=False)
+    except KeyError:
+        raise click.BadParameter(
+            f"no schema {name!r}; one of: {', '.join(schema_names())}", param_hint="NAME"
+        ) from None
 
 
 for _command in COMMANDS:

@@ -24,6 +24,7 @@ TopologyName = Literal["ordered", "competing", "sharded"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogFormat = Literal["auto", "json", "text"]
+CloudEventsMode = Literal["off", "binary"]
 
 
 class Config(BaseSettings):
@@ -158,6 +159,12 @@ class Config(BaseSettings):
     control_exchange: str = Field(
         "celery", description="Celery's control exchange (the app's control_exchange setting)."
     )
+    cloudevents: CloudEventsMode = Field(
+        "off",
+        description="binary: also give every event record the CloudEvents Kafka binding's "
+        "binary-mode headers (ce_specversion, ce_id, ce_source, ce_type, ce_time, ce_subject, "
+        "content-type); the value stays the event.",
+    )
     silent_task_events_seconds: float = Field(
         300.0,
         gt=0,
@@ -196,7 +203,7 @@ class Config(BaseSettings):
         Each topology has its own queue, so switching never meets a queue declared with other
         arguments, and the old queue keeps its events until it is drained.
         """
-        base = f"{self.queue_prefix}.{self.node_id}"
+        base = self._queue_base
         return base if self.topology == "ordered" else f"{base}.{self.topology}"
 
     @property
@@ -206,7 +213,23 @@ class Config(BaseSettings):
 
     def shard_queue(self, index: int) -> str:
         """Shard queue ``index`` of the sharded topology (there may be leftovers past K)."""
-        return f"{self.queue_prefix}.{self.node_id}.shard-{index}"
+        return f"{self._queue_base}.shard-{index}"
+
+    @property
+    def replicas_queue(self) -> str:
+        """Consumed by every sharded replica and fed by nothing: its consumers are the replicas.
+        Durable (RabbitMQ 4.3 refuses transient non-exclusive queues), under a name no transient
+        queue of an older bridge has, so no declaration meets one with other arguments."""
+        return f"{self._queue_base}.sharded-members"
+
+    @property
+    def retiring_lock(self) -> str:
+        """The exclusive queue whose holder retires the other topologies' leftovers."""
+        return f"{self._queue_base}.retiring.{self.topology}"
+
+    @property
+    def _queue_base(self) -> str:
+        return f"{self.queue_prefix}.{self.node_id}"
 
     @property
     def event_queues(self) -> list[str]:
@@ -220,7 +243,7 @@ class Config(BaseSettings):
 
     @property
     def bootstrap_servers(self) -> list[str]:
-        return [s.strip() for s in self.kafka_bootstrap_servers.split(",")]
+        return split_servers(self.kafka_bootstrap_servers)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -251,6 +274,16 @@ class Config(BaseSettings):
             return cls(**{**secret_files(os.environ), **overrides})
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from exc
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, Any]) -> Config:
+        """`load` with the command-line flags that were given (click passes None for the rest)."""
+        return cls.load(**{name: value for name, value in flags.items() if value is not None})
+
+
+def split_servers(servers: str) -> list[str]:
+    """``host:port,host:port`` as a list."""
+    return [server.strip() for server in servers.split(",")]
 
 
 def secret_files(environ: Mapping[str, str]) -> dict[str, str]:

@@ -13,13 +13,12 @@ from typing import Any
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
-from kombu.connection import Connection
-from kombu.exceptions import OperationalError
 
+from celery_kafka_bridge.amqp.queues import QueueDepth
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.logs import describe
 from celery_kafka_bridge.metrics import Metrics
-from celery_kafka_bridge.tls import amqp_ssl, kafka_security
+from celery_kafka_bridge.tls import kafka_security
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ class Health:
 
     async def poll_queue(self) -> None:
         """Forever: the bridge queue's depth and consumers, on a connection of its own."""
-        poller = _QueuePoller(self._config)
+        poller = QueueDepth(self._config)
         try:
             while True:
                 state = await asyncio.to_thread(poller.poll)
@@ -151,40 +150,6 @@ class Health:
                 await asyncio.sleep(QUEUE_POLL_INTERVAL)
         finally:
             await asyncio.to_thread(poller.close)
-
-
-class _QueuePoller:
-    """Passive declares on a kombu connection kept open between polls (blocking calls)."""
-
-    def __init__(self, config: Config) -> None:
-        self._config = config
-        self._conn: Any = None
-
-    def poll(self) -> tuple[int, int] | None:
-        config = self._config
-        if self._conn is None:
-            self._conn = Connection(config.amqp_url, connect_timeout=5, ssl=amqp_ssl(config))
-        conn = self._conn
-        try:
-            states = [
-                conn.default_channel.queue_declare(queue=queue, passive=True)[1:]
-                for queue in config.event_queues
-            ]
-        except (OSError, OperationalError, *conn.connection_errors, *conn.channel_errors) as exc:
-            # The queue may not exist yet, or RabbitMQ is away: the consumer side reports that.
-            log.debug("polling the queue depth failed: %s", describe(exc))
-            self.close()
-            return None
-        # Ready messages of every queue; consumers of the busiest-attached one.
-        return sum(int(m) for m, _ in states), max(int(c) for _, c in states)
-
-    def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            try:
-                conn.release()
-            except (OSError, *conn.connection_errors):
-                log.debug("closing the queue poller connection failed", exc_info=True)
 
 
 async def _close_quietly(client: AIOKafkaClient) -> None:

@@ -2,8 +2,9 @@
 
 The pipeline calls these methods per event (tens of thousands a second), so the per-event
 counters and histograms are plain numbers, updated without locks by the event loop thread (the
-only writer, which also serves the scrapes) and exported by a collector at scrape time; so are
-the last-seen times per worker. The in-flight gauge is read only when scraped.
+only writer, which also serves the scrapes) and exported by a collector at scrape time, as are
+the last-seen times per worker (`workers.WorkerActivity`). The in-flight gauge is read only when
+scraped.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -23,21 +24,19 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from celery_kafka_bridge.codec import EventRecord
+from celery_kafka_bridge.kafka.errors import Kind
+from celery_kafka_bridge.workers import WorkerActivity
 
 NAMESPACE = "celery_kafka_bridge"
 MAX_LABELS = 100
 """Distinct event types (or reasons) kept as labels; further ones (custom events gone wild)
 count as "other"."""
-WORKER_TTL_SECONDS = 3600.0
-"""A worker not seen for this long is dropped from the per-worker metric."""
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _AGE_BUCKETS = (
     *(0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025),  # the 25 ms target
     *(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
-_TASK_EVENT_PREFIX = "task-"
-_HEARTBEATS = frozenset({"worker-online", "worker-heartbeat"})
 
 
 class Metrics:
@@ -45,6 +44,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # process_resident_memory_bytes and friends, read from /proc at scrape time: the
+        # memory alert compares RSS with the container's limit.
+        ProcessCollector(registry=self.registry)
         metric: dict[str, Any] = {"namespace": NAMESPACE, "registry": self.registry}
         self._consumed = _Counter(
             "events_consumed", "Events decoded from AMQP messages.", "event_type"
@@ -78,6 +80,8 @@ class Metrics:
             ["kind"],
             **metric,
         )
+        for kind in Kind:  # every series exported from the start, at 0
+            self._retries.labels(kind)
         self._producer_resets = Counter(
             "kafka_producer_resets",
             "Kafka producers replaced because their state was lost or they stopped answering.",
@@ -109,14 +113,6 @@ class Metrics:
             "Workers whose heartbeats show work while they send no task events (no -E).",
             **metric,
         )
-        self.last_seen: dict[str, float] = {}
-        """Wall-clock time of the last event per worker hostname."""
-        self.last_task_event: dict[str, float] = {}
-        """Wall-clock time of the last task-* event per worker hostname."""
-        self.heartbeats: dict[str, tuple[float, bytes]] = {}
-        """The latest worker-online/heartbeat per hostname (received at, body), parsed only by
-        the watchdog."""
-        self.registry.register(_LastSeenCollector(self.last_seen))
         self.registry.register(
             _Exported(
                 [
@@ -139,15 +135,12 @@ class Metrics:
         if redelivered:
             self._redelivered.inc()
 
-    def consumed(self, record: EventRecord, received_at: float) -> None:
+    def export_workers(self, workers: WorkerActivity) -> None:
+        """Export each worker's last-event time from ``workers`` when scraped."""
+        self.registry.register(_LastSeenCollector(workers.last_seen))
+
+    def consumed(self, record: EventRecord) -> None:
         self._consumed.inc(record.event_type)
-        hostname = record.hostname
-        if hostname is not None:
-            self.last_seen[hostname] = received_at
-            if record.event_type in _HEARTBEATS:
-                self.heartbeats[hostname] = (received_at, record.value)
-            elif record.event_type.startswith(_TASK_EVENT_PREFIX):
-                self.last_task_event[hostname] = received_at
 
     def published(self, record: EventRecord, received_at: float, now: float) -> None:
         """Kafka confirmed ``record`` at ``now`` (wall clock: one reading per Kafka batch)."""
@@ -167,14 +160,6 @@ class Metrics:
 
     def producer_reset(self) -> None:
         self._producer_resets.inc()
-
-    def forget_workers(self, now: float) -> None:
-        """Drop workers not seen for `WORKER_TTL_SECONDS` (autoscaled hosts come and go)."""
-        for hostname, seen in list(self.last_seen.items()):
-            if now - seen > WORKER_TTL_SECONDS:
-                del self.last_seen[hostname]
-                self.heartbeats.pop(hostname, None)
-                self.last_task_event.pop(hostname, None)
 
 
 class _Counter:

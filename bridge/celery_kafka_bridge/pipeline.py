@@ -4,7 +4,14 @@ Each delivery is decoded into records; it is acked only when Kafka confirmed eve
 (dead letters included). Failed sends are retried by kind (`kafka.errors`), never dropped: a
 record Kafka refuses for good is dead-lettered in its place, and while Kafka refuses the bridge's
 principal the bridge is unready. Acks leave in batches, as the contiguous prefix of completed
-deliveries of the current channel.
+deliveries of the current channel::
+
+    AMQP thread (amqp.source)          event loop (this module)                  Kafka
+    delivery ──hand-off batch──▶ accept ─▶ codec.decode ─▶ records ─▶ kafka.batches ─▶ broker
+                                                                                     │ acks=all
+    basic_ack ◀── post_acks ◀── AckTracker.take_acks ◀── delivery complete ◀── batch confirmed
+    (multiple over the           (contiguous prefix;        (all its records in Kafka)
+     unbroken prefix)             acked_through)
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from celery_kafka_bridge.kafka.sink import RETRIABLE
 from celery_kafka_bridge.logs import describe
 from celery_kafka_bridge.metrics import Metrics
 from celery_kafka_bridge.retry import retried
+from celery_kafka_bridge.workers import WorkerActivity
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +75,13 @@ class Pipeline:
 
     sink: Sender
     max_message_bytes: int
-    post_acks: Callable[[int, list[AckOp]], None]
+    post_acks: Callable[[int, list[AckOp], int], None]
+    """Told (generation, acks, acked through) whenever deliveries may be acked."""
     batch_processed: Callable[[], None] = lambda: None
     """Told after each accepted batch is published, so the source hands off the next at once."""
     stats: Stats = field(default_factory=Stats)
     metrics: Metrics = field(default_factory=Metrics)
+    workers: WorkerActivity = field(default_factory=WorkerActivity)
     kafka_denied: Callable[[str | None], None] = lambda _reason: None
     """Told why Kafka refuses the bridge's writes (not authorized), and None once it takes
     them again (the bridge is unready meanwhile)."""
@@ -148,7 +158,8 @@ class Pipeline:
         write = self._write
         for outcome in outcomes:
             if not isinstance(outcome, DeadLetter):
-                self.metrics.consumed(outcome, received_at)
+                self.metrics.consumed(outcome)
+                self.workers.observe(outcome, received_at)
             write(outcome, (pending, outcome))
 
     def written(self, topic: str, tokens: list[_Token]) -> None:
@@ -226,4 +237,4 @@ class Pipeline:
         if ops:
             self.stats.acked += count
             self.metrics.acked(count)
-            self.post_acks(self._generation, ops)
+            self.post_acks(self._generation, ops, self._tracker.acked_through)

@@ -19,6 +19,7 @@ from celery_kafka_bridge.kafka.sink import KafkaSink
 from celery_kafka_bridge.metrics import Metrics
 from celery_kafka_bridge.pipeline import Pipeline
 from celery_kafka_bridge.watchdog import Watchdog
+from celery_kafka_bridge.workers import WorkerActivity
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +57,25 @@ class _LoopListener:
 async def run_bridge(config: Config, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or SIGTERM/SIGINT); raise what stopped it otherwise."""
     metrics = Metrics()
+    workers = WorkerActivity()
+    metrics.export_workers(workers)
     loop = asyncio.get_running_loop()
     metrics.loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # scraped on the loop
     health = Health(config, metrics)
-    async with _monitoring(config, metrics, health):
-        await _run_bridge(config, stop, metrics, health)
+    async with _monitoring(config, metrics, health, workers):
+        await _run_bridge(config, stop, metrics, health, workers)
 
 
 @contextlib.asynccontextmanager
-async def _monitoring(config: Config, metrics: Metrics, health: Health) -> AsyncIterator[None]:
+async def _monitoring(
+    config: Config, metrics: Metrics, health: Health, workers: WorkerActivity
+) -> AsyncIterator[None]:
     """HTTP endpoints, broker probes and the watchdog, from before Kafka connects to the end."""
     server = await http.serve(config.http_port, metrics, health) if config.http_port else None
     tasks = asyncio.gather(
         health.probe_kafka(),
         health.poll_queue(),
-        Watchdog(config, metrics).run(health.amqp_attached),
+        Watchdog(config, metrics, workers).run(health.amqp_attached),
     )
     try:
         yield
@@ -83,7 +88,11 @@ async def _monitoring(config: Config, metrics: Metrics, health: Health) -> Async
 
 
 async def _run_bridge(
-    config: Config, stop: asyncio.Event | None, metrics: Metrics, health: Health
+    config: Config,
+    stop: asyncio.Event | None,
+    metrics: Metrics,
+    health: Health,
+    workers: WorkerActivity,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -99,6 +108,7 @@ async def _run_bridge(
         source.post_acks,
         source.batch_processed,
         metrics=metrics,
+        workers=workers,
         kafka_denied=health.set_kafka_denied,
     )
     listener = _LoopListener(loop, pipeline, health)

@@ -21,6 +21,7 @@ from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.logs import describe
 from celery_kafka_bridge.metrics import Metrics
 from celery_kafka_bridge.tls import amqp_ssl
+from celery_kafka_bridge.workers import WorkerActivity
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,10 @@ class _Worker:
 class Watchdog:
     """Warns about, and counts, workers without task events; optionally wakes them at start."""
 
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    def __init__(self, config: Config, metrics: Metrics, workers: WorkerActivity) -> None:
         self._config = config
         self._metrics = metrics
+        self._activity = workers
         self._workers: dict[str, _Worker] = {}
         self.silent: set[str] = set()
 
@@ -57,10 +59,10 @@ class Watchdog:
             await asyncio.sleep(interval)
             now = time.time()
             self.check(now)
-            self._metrics.forget_workers(now)
+            self._activity.forget(now)
 
     def check(self, now: float) -> None:
-        """Update the silent workers from what the pipeline recorded; log each change once."""
+        """Update the silent workers from their recorded activity; log each change once."""
         beats = self._beats()
         for gone in self._workers.keys() - beats.keys():
             del self._workers[gone]
@@ -87,7 +89,7 @@ class Watchdog:
     def _is_silent(self, host: str, beat: tuple[float, int], now: float) -> bool:
         beat_at, processed = beat
         worker = self._workers.setdefault(host, _Worker(processed, beat_at, now))
-        last_task_event = self._metrics.last_task_event.get(host, float("-inf"))
+        last_task_event = self._activity.last_task_event.get(host, float("-inf"))
         if last_task_event > worker.last_task_event:
             worker.last_task_event = worker.quiet_since = last_task_event
         if worker.baseline_at <= worker.last_task_event:
@@ -104,7 +106,7 @@ class Watchdog:
     def _beats(self) -> dict[str, tuple[float, int]]:
         """(received at, processed count) of each worker's latest heartbeat."""
         beats = {}
-        for host, (received_at, body) in list(self._metrics.heartbeats.items()):
+        for host, (received_at, body) in list(self._activity.heartbeats.items()):
             try:
                 beats[host] = (received_at, int(orjson.loads(body).get("processed", 0)))
             except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):

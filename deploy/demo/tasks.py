@@ -15,6 +15,10 @@ app.conf.update(
     task_send_sent_event=True,
     broker_connection_retry_on_startup=True,
     result_backend=None,
+    # RabbitMQ 4.3 refuses transient queues that are not exclusive: Celery's own event-receiver
+    # and control (pidbox) queues are declared exclusive.
+    event_queue_exclusive=True,
+    control_queue_exclusive=True,
 )
 
 

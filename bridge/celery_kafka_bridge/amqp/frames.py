@@ -2,13 +2,14 @@
 
 py-amqp decodes a delivery through its generic machinery: a ``Message`` built from the method
 frame, every basic property (the headers table included) read into a dict, the method's
-arguments parsed from a format string, then ``dispatch_method`` and ``_on_basic_deliver``. That
-was half of the AMQP thread's time. This frame handler (py-amqp's ``frame_handler`` hook, passed
-by kombu from ``transport_options``) decodes basic.deliver, its content header and body frames
-itself and calls the consumer's callback with a `Delivered` carrying the attributes consumers
-read (``body``, ``delivery_info``, ``properties`` with the content type and encoding only).
-Every other frame, and a delivery py-amqp would treat specially (a closing channel, a channel
-that decodes bodies, a one-shot wait for a delivery), goes through py-amqp's own handler.
+arguments parsed from a format string, then ``dispatch_method`` and ``_on_basic_deliver``: half
+of the AMQP thread's time when it serves every delivery (bench/PROFILE.md). This frame handler
+(py-amqp's ``frame_handler`` hook, passed by kombu from ``transport_options``) decodes
+basic.deliver, its content header and body frames itself and calls the consumer's callback with
+a `Delivered` carrying the attributes consumers read (``body``, ``delivery_info``,
+``properties`` with the content type and encoding only). Every other frame, and a delivery
+py-amqp would treat specially (a closing channel, a channel that decodes bodies, a one-shot wait
+for a delivery), goes through py-amqp's own handler.
 """
 
 from __future__ import annotations

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from amqp.exceptions import NotFound, ResourceLocked
+from kombu.connection import Connection
 from kombu.entity import Exchange
+from kombu.exceptions import OperationalError
 
 from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.logs import describe
+from celery_kafka_bridge.tls import amqp_ssl
+
+log = logging.getLogger(__name__)
 
 
 def event_exchange(name: str) -> Exchange:
@@ -50,6 +57,46 @@ def queue_state(conn: Any, queue: str) -> tuple[int, int] | None:
         return None
     channel.close()
     return int(ready), int(consumers)
+
+
+class QueueDepth:
+    """Ready messages and consumers of the bridge's queues, on a kombu connection of its own kept
+    open between polls (blocking calls)."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._conn: Any = None
+
+    def poll(self) -> tuple[int, int] | None:
+        """Ready messages of every queue and the consumers of the busiest-attached one; None if
+        RabbitMQ is away or no queue exists yet (the consumer side reports those)."""
+        config = self._config
+        if self._conn is None:
+            self._conn = Connection(config.amqp_url, connect_timeout=5, ssl=amqp_ssl(config))
+        conn = self._conn
+        try:
+            states = [queue_state(conn.connection, queue) for queue in config.event_queues]
+        except (OSError, OperationalError, *conn.connection_errors, *conn.channel_errors) as exc:
+            log.debug("polling the queue depth failed: %s", describe(exc))
+            self.close()
+            return None
+        found = [state for state in states if state is not None]
+        if not found:
+            return None
+        return sum(ready for ready, _ in found), max(consumers for _, consumers in found)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            close_quietly(conn)
+
+
+def close_quietly(conn: Any) -> None:
+    """Release a kombu connection, logging (at DEBUG) rather than raising if that fails."""
+    try:
+        conn.release()
+    except (OSError, *conn.connection_errors):
+        log.debug("closing an amqp connection failed", exc_info=True)
 
 
 def take_exclusive(conn: Any, queue: str) -> bool:

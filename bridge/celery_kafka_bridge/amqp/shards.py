@@ -36,11 +36,6 @@ _BALANCE_SECONDS = 2.0
 _REPLICAS_QUEUE_EXPIRES_MS = 60_000
 
 
-def replicas_queue(config: Config) -> str:
-    """Consumed by every sharded replica and fed by nothing: its consumer count is the replicas."""
-    return f"{config.queue_prefix}.{config.node_id}.sharded-replicas"
-
-
 class ShardedTopology:
     """Declares the hash exchange, its binding to the event exchange, and the shard queues."""
 
@@ -68,11 +63,12 @@ class ShardedTopology:
         for queue in config.shard_queues:
             channel.queue_declare(queue, durable=True, auto_delete=False, arguments=arguments)
             channel.queue_bind(queue, config.shard_exchange, "1")  # routing key = ring weight
+        # Durable with an expiry, as RabbitMQ 4.3 refuses transient non-exclusive queues.
         channel.queue_declare(
-            replicas_queue(config),
-            durable=False,
+            config.replicas_queue,
+            durable=True,
             auto_delete=False,
-            arguments={"x-expires": _REPLICAS_QUEUE_EXPIRES_MS},
+            arguments={"x-queue-type": "classic", "x-expires": _REPLICAS_QUEUE_EXPIRES_MS},
         )
         return config.shard_queues
 
@@ -116,7 +112,7 @@ class ShardBalancer:
         )
         # Counted as a replica only once in every shard's line.
         self._presence = self._channel.basic_consume(
-            replicas_queue(self._config), no_ack=True, callback=_ignore
+            self._config.replicas_queue, no_ack=True, callback=_ignore
         )
 
     def check(self, idle: bool) -> None:
@@ -150,9 +146,6 @@ class ShardBalancer:
         self._shard_of.clear()
         self._active.clear()
 
-    def active_shards(self) -> list[str]:
-        return sorted(self._shard_of[tag] for tag in self._active)
-
     def _consume(self, queue: str) -> None:
         tag = self._channel.basic_consume(queue, no_ack=False, callback=self._deliver)
         self._shard_of[tag] = queue
@@ -164,11 +157,11 @@ class ShardBalancer:
         self._on_message(message)
 
     def _slot_queue(self, index: int) -> str:
-        return f"{replicas_queue(self._config)}.slot-{index}"
+        return f"{self._config.replicas_queue}.slot-{index}"
 
     def _replicas(self) -> int:
         """How many replicas are attached: the consumers of the replicas queue."""
-        state = queue_state(self._conn, replicas_queue(self._config))
+        state = queue_state(self._conn, self._config.replicas_queue)
         return state[1] if state else 0
 
 

@@ -19,6 +19,7 @@ from tenacity import Retrying, retry_if_exception_type
 
 from celery_kafka_bridge.acks import AckOp
 from celery_kafka_bridge.amqp.frames import fast_frame_handler
+from celery_kafka_bridge.amqp.queues import close_quietly
 from celery_kafka_bridge.amqp.reads import BufferedTransport
 from celery_kafka_bridge.amqp.retire import QueueRetirer
 from celery_kafka_bridge.amqp.topology import (
@@ -71,7 +72,7 @@ class AmqpSource:
     def __init__(self, config: Config, topology: Topology) -> None:
         self._config = config
         self._topology = topology
-        self._acks: deque[tuple[int, list[AckOp]]] = deque()
+        self._acks: deque[tuple[int, list[AckOp], int]] = deque()
         self._closed = threading.Event()
         self._stop_consuming = threading.Event()
         self._generation = 0
@@ -79,7 +80,7 @@ class AmqpSource:
         self._handed_off = 0  # batches handed to the event loop (written by this thread only)
         self._processed = 0  # of those, how many it has processed (written by the loop only)
         self._last_delivered = 0
-        self._acked_through = 0  # every delivery up to this tag is acked (multiple-acks only)
+        self._acked_through = 0  # every delivery up to this tag is acked (the ack tracker's)
         self._thread = threading.Thread(target=self._run, name="amqp-source", daemon=True)
 
     def start(self, listener: SourceListener) -> None:
@@ -95,9 +96,10 @@ class AmqpSource:
         """The event loop is done with a handed-off batch (called on the loop thread)."""
         self._processed += 1
 
-    def post_acks(self, generation: int, ops: list[AckOp]) -> None:
-        """Queue acks for the source thread (thread-safe); stale generations are dropped there."""
-        self._acks.append((generation, ops))
+    def post_acks(self, generation: int, ops: list[AckOp], acked_through: int) -> None:
+        """Queue acks for the source thread (thread-safe); stale generations are dropped there.
+        ``acked_through``: every delivery up to this tag is acked once ``ops`` are applied."""
+        self._acks.append((generation, ops, acked_through))
 
     def close(self, timeout: float = 10.0) -> None:
         """Apply the acks already posted, close the connection (unacked ones are redelivered)."""
@@ -129,7 +131,7 @@ class AmqpSource:
                 finally:
                     self._batch = []  # unacked, so RabbitMQ redelivers them
                     self._listener.on_detached(self._generation)
-                    _close_quietly(conn)
+                    close_quietly(conn)
                 self._sleep(wait)
         except BaseException as exc:
             self._listener.on_fatal(exc)
@@ -254,17 +256,9 @@ class AmqpSource:
     def _apply_acks(self, channel: Any) -> None:
         acks = self._acks
         while acks:
-            generation, ops = acks.popleft()
+            generation, ops, acked_through = acks.popleft()
             if generation != self._generation:
                 continue
             for tag, multiple in ops:
                 channel.basic_ack(tag, multiple=multiple)
-                if multiple:
-                    self._acked_through = tag
-
-
-def _close_quietly(conn: Any) -> None:
-    try:
-        conn.release()
-    except (OSError, *conn.connection_errors):
-        log.debug("closing the amqp connection failed", exc_info=True)
+            self._acked_through = acked_through

@@ -108,7 +108,7 @@ def leftovers(config: Config) -> Leftovers:
         shard=config.shard_queue,
         first_shard=config.shards if sharded else 0,
         shard_exchange=config.shard_exchange if sharded else None,
-        lock=f"{config.queue_prefix}.{config.node_id}.retiring.{config.topology}",
+        lock=config.retiring_lock,
     )
 
 

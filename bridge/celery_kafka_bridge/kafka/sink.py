@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from celery_kafka_bridge.codec import DeadLetter, Outcome
+from celery_kafka_bridge.codec import DeadLetter, EventRecord, Outcome
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.errors import TransientError
 from celery_kafka_bridge.kafka.batches import BatchWriter, Listener
+from celery_kafka_bridge.kafka.cloudevents import cloudevent_headers
 from celery_kafka_bridge.kafka.partitions import partition_for
 from celery_kafka_bridge.kafka.producer import Producer
 from celery_kafka_bridge.retry import backoff
@@ -134,7 +135,16 @@ class KafkaSink:
                 topic, partition, key=key, value=outcome.value, headers=outcome.headers, token=token
             )
 
-        return write
+        if self._config.cloudevents == "off":
+            return write
+
+        def write_cloudevent(outcome: Outcome, token: Token) -> None:
+            # Chosen once here, so with CloudEvents off a record costs nothing more.
+            if isinstance(outcome, EventRecord):
+                outcome.headers = outcome.headers + cloudevent_headers(outcome)
+            write(outcome, token)
+
+        return write_cloudevent
 
     def _destination(self, outcome: Outcome) -> tuple[str, bytes | None]:
         """Topic and key: dead letters have no key (they spread over the dead-letter topic)."""

@@ -37,7 +37,7 @@ _READER_SETTINGS = ("kafka_bootstrap_servers", "topic")
 
 def _settings(flags: dict[str, Any]) -> Config:
     try:
-        return Config.load(**{k: v for k, v in flags.items() if v is not None})
+        return Config.from_flags(flags)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
 

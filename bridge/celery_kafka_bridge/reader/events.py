@@ -7,17 +7,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 EventFields = Mapping[str, Any]
 """An event's fields as Celery sent them (the decoded record value)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One event from the topic: the JSON object the worker sent, and where it was stored."""
+    """One event from the topic: the event as Celery's receiver reads it, and where it was
+    stored."""
 
     data: dict[str, Any]
+    """The fields as kombu decodes them: type markers turned back (bytes, datetime...), NaN
+    and integers of any size where the record says ``json_strict: false``."""
     value: bytes
     """The record value exactly as stored (the worker's JSON)."""
     event_id: str
@@ -27,10 +28,14 @@ class Event:
     """The Kafka record timestamp (when the bridge produced it)."""
     received_at: float | None
     """When the bridge received the event from RabbitMQ (epoch seconds), if recorded."""
+    serializer: str = "json"
+    """What carries ``data`` unchanged to a Celery receiver: ``json`` (the stored value), or
+    ``msgpack`` when it holds msgpack ext types or maps with keys that are not strings."""
 
     def json_line(self) -> bytes:
-        """The value on one line: as stored, unless it holds a newline (then re-encoded)."""
-        return self.value if b"\n" not in self.value else orjson.dumps(self.data)
+        """The value on one line. A valid JSON value holds line breaks only as whitespace
+        (inside strings they are escaped), so they become spaces."""
+        return self.value.replace(b"\r", b" ").replace(b"\n", b" ")
 
     @property
     def type(self) -> str:

@@ -8,11 +8,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Protocol
 
+import msgpack
 from kombu.connection import Connection
-from kombu.entity import Exchange
 from kombu.messaging import Producer
 
-from celery_kafka_bridge.codec import JSON_CONTENT_TYPE
+from celery_kafka_bridge.amqp.queues import event_exchange
+from celery_kafka_bridge.codec import JSON_CONTENT_TYPE, MSGPACK_CONTENT_TYPE
 from celery_kafka_bridge.reader.events import Event
 
 
@@ -80,12 +81,14 @@ class EventExchange:
     """Re-publishes events unchanged onto a Celery event exchange, as Celery's dispatcher does.
 
     Same exchange declaration (topic, durable), routing key (type with dots), ``hostname``
-    header and transient delivery; the body is the stored JSON, byte for byte.
+    header and transient delivery; the body is the stored JSON, byte for byte (kombu reads its
+    NaN, surrogates, big integers and type markers), or, for an event only msgpack can carry
+    (ext types, maps with keys that are not strings), the event as msgpack.
     """
 
     def __init__(self, url: str, exchange: str) -> None:
         self.url = url
-        self.exchange = Exchange(exchange, type="topic", durable=True, auto_delete=False)
+        self.exchange = event_exchange(exchange)
         self._connection: Connection | None = None
         self._producer: Producer | None = None
 
@@ -101,11 +104,15 @@ class EventExchange:
 
     def write(self, event: Event) -> None:
         assert self._producer is not None, "use as a context manager"
+        body, content_type, encoding = event.value, JSON_CONTENT_TYPE, "utf-8"
+        if event.serializer == "msgpack":
+            body = msgpack.packb(event.data, use_bin_type=True)
+            content_type, encoding = MSGPACK_CONTENT_TYPE, "binary"
         self._producer.publish(
-            event.value,
+            body,
             routing_key=event.type.replace("-", "."),
-            content_type=JSON_CONTENT_TYPE,
-            content_encoding="utf-8",
+            content_type=content_type,
+            content_encoding=encoding,
             headers={"hostname": event.hostname or ""},
             delivery_mode=1,
             retry=True,

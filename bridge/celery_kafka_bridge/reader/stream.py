@@ -16,13 +16,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
-from celery_kafka_bridge.codec import event_id as compute_event_id
-from celery_kafka_bridge.config import Config
+from celery_kafka_bridge import jsoncompat
+from celery_kafka_bridge.codec import event_id
+from celery_kafka_bridge.config import Config, split_servers
 from celery_kafka_bridge.errors import BridgeError
 from celery_kafka_bridge.kafka.partitions import partition_for
 from celery_kafka_bridge.reader.events import ClockOrder, Dedup, Event
@@ -82,7 +82,7 @@ class Scan:
     @property
     def servers(self) -> list[str]:
         if isinstance(self.bootstrap_servers, str):
-            return [s.strip() for s in self.bootstrap_servers.split(",")]
+            return split_servers(self.bootstrap_servers)
         return list(self.bootstrap_servers)
 
 
@@ -202,27 +202,30 @@ class EventStream:
                 self._position.past_until.add(tp)
                 self._started().pause(tp)
             return None
+        headers = dict(record.headers or ())
         try:
-            data = orjson.loads(record.value)
-        except orjson.JSONDecodeError:
-            data = None
+            data, msgpack_only = jsoncompat.loads(
+                record.value, strict=headers.get("json_strict") != b"false"
+            )
+        except (ValueError, RecursionError):
+            data, msgpack_only = None, False
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             self.stats.undecodable += 1
             log.warning("skipping %s@%d: not an event", tp, record.offset)
             return None
         if scan.task_id is not None and data.get("uuid") != scan.task_id:
             return None
-        headers = dict(record.headers or ())
         eid = headers.get("event_id")
         received = headers.get("received_at")
         return Event(
             data=data,
             value=record.value,
-            event_id=eid.decode() if eid else compute_event_id(data),
+            event_id=eid.decode() if eid else event_id(jsoncompat.loads_python(record.value)),
             partition=tp.partition,
             offset=record.offset,
             timestamp_ms=record.timestamp,
             received_at=int(received) / 1000 if received and received.isdigit() else None,
+            serializer="msgpack" if msgpack_only else "json",
         )
 
     def _started(self) -> AIOKafkaConsumer:
