@@ -1,10 +1,11 @@
 """A Kafka-protocol proxy that injects produce errors the test broker (Tansu) never returns.
 
 Clients connect to the proxy (the broker advertises the proxy's port, so every connection goes
-through it); it forwards every request and response byte for byte, except Produce requests that
-match a `Fault`: the matching partitions are answered with the fault's error code (or the
-connection is dropped) and the rest of the request still goes to the broker, whose answer is
-merged with the injected errors. Responses leave in request order, as Kafka's do.
+through it); it forwards every request and response byte for byte, but Produce requests are
+decoded: the partitions that match a `Fault` are answered with the fault's error code (or the
+connection is dropped, or nothing is ever answered), and the rest of the request still goes to
+the broker, whose answer is merged with the injected errors. Responses leave in request order,
+as Kafka's do.
 
 With ``producer_ids`` on, the proxy answers InitProducerId itself (a new id each time) and
 clears the producer id, epoch and sequence of every batch it forwards, so an idempotent producer
