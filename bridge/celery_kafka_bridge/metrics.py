@@ -115,6 +115,9 @@ class Metrics:
             ["topic", "setting"],
             **metric,
         )
+        self.topic_audits = Counter(
+            "topic_audits", "Audits of the topics' settings completed.", **metric
+        )
         self.silent_workers = Gauge(
             "silent_workers",
             "Workers whose heartbeats show work while they send no task events (no -E).",

@@ -107,6 +107,7 @@ async def _run_bridge(
         sink.topics.topics,
         Expectation.from_config(config),
         metrics.topic_setting_shortfall,
+        metrics.topic_audits,
         _durability_gate(config, health, source),
     )
     if not await _until_stopped(_start_kafka(sink, audit), stop):

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from celery_kafka_bridge.config import ENV_PREFIX, Config
 from celery_kafka_bridge.errors import ConfigError, TransientError
@@ -146,10 +146,12 @@ class TopicAudit:
         topics: Sequence[str],
         expected: Expectation,
         gauge: Gauge,
+        audits: Counter,
         on_change: Callable[[str | None], None] = lambda _reason: None,
     ) -> None:
         self.expected = expected
         self._gauge = gauge
+        self._audits = audits
         self._on_change = on_change
         self._short: dict[tuple[str, str], Shortfall] = {}
         for topic in topics:  # every series exported from the start, at 0
@@ -179,6 +181,7 @@ class TopicAudit:
             self._gauge.labels(*key).set(0)
         if before != self._short:
             self._on_change(self.reason)
+        self._audits.inc()
 
 
 class TopicAdmin:
