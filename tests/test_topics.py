@@ -23,6 +23,7 @@ from celery_kafka_bridge.kafka.topics import (
 )
 from harness.kafka_admin import KafkaAdmin
 from harness.support import (
+    BridgeProcess,
     Names,
     Rabbit,
     assert_witnessed_in_kafka,
@@ -48,6 +49,7 @@ AS_EXPECTED = {
     "max.message.bytes": "1065536",
 }
 SHORT = "celery_kafka_bridge_topic_setting_shortfall"
+AUDITS = "celery_kafka_bridge_topic_audits_total"
 
 
 def state(partitions: int = 12, replication: int = 3, **configs: str) -> TopicState:
@@ -190,7 +192,13 @@ def test_created_topics_carry_the_configured_settings(
         }
         for setting in SETTINGS:
             assert bridge.metric(SHORT, topic=topic, setting=setting) == 0
-        poll(lambda: bridge.metric("celery_kafka_bridge_topic_audits_total") >= 1, 10)
+    assert bridge.metric(AUDITS) >= 1  # before the first message was taken
+
+
+def audited(bridge: BridgeProcess, times: int) -> None:
+    """Wait until the bridge has audited its topics ``times`` more times."""
+    audits = bridge.metric(AUDITS)
+    poll(lambda: bridge.metric(AUDITS) >= audits + times, 20, what=f"{times} audits")
 
 
 @pytest.mark.slow
@@ -218,8 +226,7 @@ def test_a_short_topic_warns_per_setting_and_holds_the_events_until_it_is_recrea
     status, body = bridge.http("/readyz")
     assert status == 503 and f"topic {names.topic} has partitions=1, expected 4" in body
     publish_events(names.exchange, 200)
-    audits = bridge.metric("celery_kafka_bridge_topic_audits_total")
-    poll(lambda: bridge.metric("celery_kafka_bridge_topic_audits_total") >= audits + 3, 20)
+    audited(bridge, 3)
     sent, _ = rabbit.queue_state(witness)
     assert rabbit.queue_state(names.queue) == (sent, 0)  # held: RabbitMQ keeps every message
     log = bridge.log()
@@ -256,8 +263,7 @@ def test_a_topic_that_falls_short_while_consumed_stops_the_consumer_until_it_is_
     witnessed, _ = rabbit.queue_state(witness)
     publish_events(names.exchange, 50, hostname="held@test")
     held = rabbit.queue_state(witness)[0] - witnessed
-    audits = bridge.metric("celery_kafka_bridge_topic_audits_total")
-    poll(lambda: bridge.metric("celery_kafka_bridge_topic_audits_total") >= audits + 3, 20)
+    audited(bridge, 3)
     assert rabbit.queue_state(names.queue) == (held, 0)
     assert bridge.metric(SHORT, topic=names.dlq_topic, setting="retention.ms") == 1
 
