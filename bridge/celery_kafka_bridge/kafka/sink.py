@@ -44,10 +44,14 @@ class KafkaSink:
         broker that refuses an idempotent producer, or has fewer brokers than the replication
         factor, raises `ConfigError`."""
         await self._producer.start()
-        async for attempt in backoff("kafka topic creation", RETRIABLE):
-            with attempt:
-                async with asyncio.timeout(self._producer.timeout):
-                    await self.topics.ensure(check_brokers=True)
+        try:
+            async for attempt in backoff("kafka topic creation", RETRIABLE):
+                with attempt:
+                    async with asyncio.timeout(self._producer.timeout):
+                        await self.topics.ensure(check_brokers=True)
+        except BaseException:  # a bad setting, or stopped while waiting: nothing will be sent
+            await self._producer.stop()
+            raise
         log.info("kafka producer ready at %s", self._config.kafka_bootstrap_servers)
 
     def producer_options(self) -> dict[str, Any]:
