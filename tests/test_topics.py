@@ -3,7 +3,6 @@ topic falls short (BRIDGE_REQUIRE_DURABLE_TOPICS), against a real Tansu and Rabb
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -12,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from celery_kafka_bridge import run_bridge
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from celery_kafka_bridge.errors import ConfigError
+from celery_kafka_bridge.kafka.sink import KafkaSink
 from celery_kafka_bridge.kafka.topics import (
     SETTINGS,
     Expectation,
@@ -295,11 +294,11 @@ def test_a_replication_factor_above_the_brokers_exits_2_naming_the_setting(
     assert not KafkaAdmin(kafka.bootstrap_servers).exists(names.topic)
 
 
-async def test_run_bridge_raises_config_error_and_closes_its_producer(
+async def test_a_sink_that_cannot_create_its_topics_raises_and_closes_its_producer(
     kafka: EmbeddedKafka, names: Names
 ) -> None:
-    """The library's way of saying it: `run_bridge` raises, and leaves no producer open (an
-    unclosed one warns when collected, and warnings are errors)."""
+    """What `run_bridge` raises for the CLI's exit 2; an unclosed producer would warn when
+    collected (warnings are errors)."""
     config = Config.load(
         kafka_bootstrap_servers=kafka.bootstrap_servers,
         kafka_enable_idempotence=False,
@@ -307,10 +306,9 @@ async def test_run_bridge_raises_config_error_and_closes_its_producer(
         dlq_topic=names.dlq_topic,
         topic_replication_factor=2,
         topic_min_insync_replicas=1,
-        http_port=0,
     )
     with pytest.raises(ConfigError, match="BRIDGE_TOPIC_REPLICATION_FACTOR=2"):
-        await run_bridge(config, asyncio.Event())
+        await KafkaSink(config).start()
     gc.collect()
 
 
