@@ -19,6 +19,7 @@ from celery_kafka_bridge.kafka.topics import (
     SETTINGS,
     Expectation,
     Shortfall,
+    TopicAdmin,
     TopicAudit,
     TopicState,
     creation_configs,
@@ -318,3 +319,17 @@ def test_bad_topic_config_exits_2_with_one_line(kafka: EmbeddedKafka, names: Nam
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "BRIDGE_TOPIC_CONFIG" in line and "'retention.ms' is not key=value" in line
+
+
+def test_a_topic_whose_settings_cannot_be_read_is_said_once_per_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    admin = TopicAdmin(Config.load(), ["a", "b"])
+    with caplog.at_level(logging.WARNING, "celery_kafka_bridge.kafka.topics"):
+        for errors in ({"a": 29}, {"a": 29}, {}, {"a": 29, "b": 29}):
+            admin._report_unreadable(errors)
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot read the settings of topic a (Kafka error 29): not audited",
+        "cannot read the settings of topic a (Kafka error 29): not audited",
+        "cannot read the settings of topic b (Kafka error 29): not audited",
+    ]

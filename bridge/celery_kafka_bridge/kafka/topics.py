@@ -190,6 +190,7 @@ class TopicAdmin:
     def __init__(self, config: Config, topics: Iterable[str]) -> None:
         self._config = config
         self.topics = list(topics)
+        self._unreadable: dict[str, int] = {}
 
     @contextlib.asynccontextmanager
     async def _admin(self) -> AsyncIterator[AIOKafkaAdminClient]:
@@ -258,10 +259,11 @@ class TopicAdmin:
                 return {}
             resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in layouts]
             responses = await admin.describe_configs(resources)
+        resources_found = [r for response in responses for r in response.resources]
+        self._report_unreadable({name: code for code, _, _, name, _ in resources_found if code})
         configs = {
             name: {entry[0]: entry[1] for entry in entries if entry[1] is not None}
-            for response in responses
-            for code, _message, _type, name, entries in response.resources
+            for code, _message, _type, name, entries in resources_found
             if not code
         }
         return {
@@ -269,6 +271,18 @@ class TopicAdmin:
             for topic, partitions in layouts.items()
             if topic in configs
         }
+
+    def _report_unreadable(self, errors: dict[str, int]) -> None:
+        """One line when a topic's settings cannot be read (e.g. no DescribeConfigs permission),
+        so its settings go unjudged, and not again until that changes."""
+        for topic, code in errors.items():
+            if self._unreadable.get(topic) != code:
+                log.warning(
+                    "cannot read the settings of topic %s (Kafka error %d): not audited",
+                    topic,
+                    code,
+                )
+        self._unreadable = errors
 
     async def watch(self) -> None:
         """Forever: recreate the topics if they vanish, e.g. a broker replaced by an empty one.
