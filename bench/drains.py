@@ -217,6 +217,8 @@ def bridge_env(config: Config) -> dict[str, str]:
     )
     env = {f"BRIDGE_{f.upper()}": str(getattr(config, f)) for f in fields}
     env["BRIDGE_KAFKA_ENABLE_IDEMPOTENCE"] = "false"
+    env["BRIDGE_TOPIC_REPLICATION_FACTOR"] = "1"  # a single broker
+    env["BRIDGE_TOPIC_MIN_INSYNC_REPLICAS"] = "1"
     env["BRIDGE_LOG_LEVEL"] = "INFO"
     return env
 

@@ -174,6 +174,8 @@ def bridge_env(names: Names, bootstrap: str, **overrides: str) -> dict[str, str]
         "BRIDGE_TOPIC": names.topic,
         "BRIDGE_DLQ_TOPIC": names.dlq_topic,
         "BRIDGE_TOPIC_PARTITIONS": "4",
+        "BRIDGE_TOPIC_REPLICATION_FACTOR": "1",  # a single broker
+        "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS": "1",
         "BRIDGE_LOG_LEVEL": "INFO",
         "BRIDGE_HTTP_PORT": str(free_port()),  # replicas side by side never collide
     }

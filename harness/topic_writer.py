@@ -36,9 +36,11 @@ async def write_records_async(
         dlq_topic=f"{topic}.dlq",
         kafka_enable_idempotence=False,
         topic_partitions=4,
+        topic_replication_factor=1,
+        topic_min_insync_replicas=1,
     )
     sink = KafkaSink(config)
-    await sink.ensure_topics()
+    await sink.topics.ensure()
     async with AIOKafkaProducer(**sink.producer_options()) as producer:
         for record in records:
             await producer.send_and_wait(

@@ -23,6 +23,10 @@ def test_defaults_match_the_documented_ones() -> None:
         "quorum",
         True,
     )
+    durability = (config.topic_replication_factor, config.topic_min_insync_replicas)
+    assert durability == (3, 2)
+    assert config.topic_retention_ms == 30 * 24 * 3600 * 1000
+    assert (config.require_durable_topics, config.topic_configs) == (False, {})
 
 
 def test_environment_variables_are_read_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,6 +58,15 @@ def test_a_secret_is_read_from_its_file(monkeypatch: pytest.MonkeyPatch, tmp_pat
         ),
         ({"BRIDGE_AMQP_URL_FILE": "/nonexistent"}, "BRIDGE_AMQP_URL_FILE"),
         ({"BRIDGE_NO_SUCH_FILE": "/x"}, "BRIDGE_NO_SUCH_FILE"),
+        ({"BRIDGE_TOPIC_CONFIG": "segment.ms"}, "BRIDGE_TOPIC_CONFIG: .*'segment.ms' is not"),
+        ({"BRIDGE_TOPIC_CONFIG": "a=1,=2"}, "BRIDGE_TOPIC_CONFIG: .*'=2' is not key=value"),
+        ({"BRIDGE_TOPIC_CONFIG": "retention.ms=1"}, "BRIDGE_TOPIC_RETENTION_MS"),
+        ({"BRIDGE_TOPIC_RETENTION_MS": "0"}, "BRIDGE_TOPIC_RETENTION_MS"),
+        ({"BRIDGE_TOPIC_RETENTION_MS": "-2"}, "BRIDGE_TOPIC_RETENTION_MS"),
+        (
+            {"BRIDGE_TOPIC_REPLICATION_FACTOR": "1"},
+            "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS=2 is above BRIDGE_TOPIC_REPLICATION_FACTOR=1",
+        ),
     ],
 )
 def test_a_bad_setting_fails_with_one_line_naming_it(

@@ -31,6 +31,7 @@ def test_a_consuming_bridge_is_live_ready_and_serves_its_metrics(
         "amqp": "attached",
         "kafka": "ok",
         "kafka_writes": "ok",
+        "topics": "ok",
         "draining": False,
     }
     assert bridge.metric(f"{PREFIX}_ready") == 1

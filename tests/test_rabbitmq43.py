@@ -114,6 +114,8 @@ def bridge_config(names: Names, kafka: EmbeddedKafka) -> Callable[..., Config]:
             topic=names.topic,
             dlq_topic=names.dlq_topic,
             topic_partitions=4,
+            topic_replication_factor=1,  # a single broker
+            topic_min_insync_replicas=1,
             http_port=0,
             shutdown_grace_seconds=2,
             **overrides,

@@ -16,6 +16,14 @@ from celery_kafka_bridge.errors import ConfigError
 from celery_kafka_bridge.logs import mask_credentials
 
 ENV_PREFIX = "BRIDGE_"
+THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
+RECORD_HEADROOM_BYTES = 65_536
+"""Room for the key and headers above the largest body the bridge accepts."""
+OWN_TOPIC_SETTINGS = {
+    "min.insync.replicas": "topic_min_insync_replicas",
+    "retention.ms": "topic_retention_ms",
+}
+"""Topic settings with a `Config` field of their own, so BRIDGE_TOPIC_CONFIG may not set them."""
 
 QueueType = Literal["quorum", "classic"]
 Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
@@ -115,7 +123,35 @@ class Config(BaseSettings):
         12, ge=1, description="Partitions of topics the bridge creates (existing ones untouched)."
     )
     topic_replication_factor: int = Field(
-        1, ge=1, description="Replication factor of topics the bridge creates."
+        3,
+        ge=1,
+        description="Replication factor of topics the bridge creates; more than the cluster's "
+        "brokers stops the bridge.",
+    )
+    topic_min_insync_replicas: int = Field(
+        2,
+        ge=1,
+        description="min.insync.replicas of topics the bridge creates: replicas that must have a "
+        "record before Kafka confirms it (acks=all).",
+    )
+    topic_retention_ms: int = Field(
+        THIRTY_DAYS_MS,
+        ge=-1,
+        description="retention.ms of topics the bridge creates (default 30 days); -1 keeps "
+        "records forever.",
+    )
+    topic_config: str = Field(
+        "",
+        description="Further settings of topics the bridge creates, key=value,... "
+        "(e.g. segment.ms=86400000,compression.type=producer).",
+    )
+    topic_audit_seconds: float = Field(
+        300.0, gt=0, description="Period of the audit of the topics' durability settings."
+    )
+    require_durable_topics: bool = Field(
+        False,
+        description="While a topic falls short of the expected settings: unready, taking no "
+        "messages (RabbitMQ buffers them) until it is fixed.",
     )
     shutdown_grace_seconds: float = Field(
         10.0, gt=0, description="On SIGTERM, how long to wait for Kafka before exiting."
@@ -176,6 +212,22 @@ class Config(BaseSettings):
     def _valid_topic(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
             raise ValueError("a Kafka topic name is 1-249 of [A-Za-z0-9._-]")
+        return value
+
+    @field_validator("topic_retention_ms")
+    @classmethod
+    def _valid_retention(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 would delete records at once; -1 keeps them forever")
+        return value
+
+    @field_validator("topic_config")
+    @classmethod
+    def _valid_topic_config(cls, value: str) -> str:
+        for key in parse_topic_config(value):
+            if key in OWN_TOPIC_SETTINGS:
+                own = f"{ENV_PREFIX}{OWN_TOPIC_SETTINGS[key].upper()}"
+                raise ValueError(f"{key} has a setting of its own: {own}")
         return value
 
     @field_validator("amqp_url")
@@ -242,6 +294,22 @@ class Config(BaseSettings):
         return f"{self.event_exchange}.{self.node_id}.sharded"
 
     @property
+    def topic_configs(self) -> dict[str, str]:
+        """`topic_config` as a dict."""
+        return parse_topic_config(self.topic_config)
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest record the producer may send: the largest body, its key and headers."""
+        return self.max_message_bytes + RECORD_HEADROOM_BYTES
+
+    @property
+    def max_record_batch_bytes(self) -> int:
+        """The largest record batch the bridge may write, which a topic's max.message.bytes
+        must allow: a full batch, or one record larger than a batch alone."""
+        return max(self.kafka_batch_bytes, self.max_request_bytes)
+
+    @property
     def bootstrap_servers(self) -> list[str]:
         return split_servers(self.kafka_bootstrap_servers)
 
@@ -259,6 +327,12 @@ class Config(BaseSettings):
             raise ValueError(
                 f"{p}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
                 f"{p}KAFKA_SASL_USERNAME and {p}KAFKA_SASL_PASSWORD"
+            )
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(
+                f"{p}TOPIC_MIN_INSYNC_REPLICAS={self.topic_min_insync_replicas} is above "
+                f"{p}TOPIC_REPLICATION_FACTOR={self.topic_replication_factor}: Kafka would "
+                "refuse every write"
             )
         return self
 
@@ -284,6 +358,17 @@ class Config(BaseSettings):
 def split_servers(servers: str) -> list[str]:
     """``host:port,host:port`` as a list."""
     return [server.strip() for server in servers.split(",")]
+
+
+def parse_topic_config(text: str) -> dict[str, str]:
+    """``key=value,key=value`` as a dict; raise ValueError naming the first bad item."""
+    settings: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not (sep and value and re.fullmatch(r"[a-z0-9]+(?:\.[a-z0-9]+)*", key)):
+            raise ValueError(f"{item!r} is not key=value (a Kafka topic setting)")
+        settings[key] = value
+    return settings
 
 
 def secret_files(environ: Mapping[str, str]) -> dict[str, str]:

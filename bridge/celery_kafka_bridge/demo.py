@@ -47,10 +47,13 @@ def run_demo(config: Config, seconds: float) -> None:
                 f"no Kafka configured: started an embedded Tansu broker at "
                 f"{kafka.bootstrap_servers}"
             )
-            # Tansu cannot do InitProducerId, so the demo switches idempotence off for it.
+            # Tansu cannot do InitProducerId, so the demo switches idempotence off for it; it is
+            # a single broker, so one replica of each record.
             env.update(
                 BRIDGE_KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
                 BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
+                BRIDGE_TOPIC_REPLICATION_FACTOR="1",
+                BRIDGE_TOPIC_MIN_INSYNC_REPLICAS="1",
             )
         bootstrap = env["BRIDGE_KAFKA_BOOTSTRAP_SERVERS"]
         demo_env = {

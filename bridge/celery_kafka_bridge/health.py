@@ -40,6 +40,7 @@ class Health:
         self._kafka_answered_at: float | None = None
         self._kafka_error = "not probed yet"
         self._kafka_denied: str | None = None
+        self._topics_short: str | None = None
         self._ready = False
         metrics.connection_up.labels("amqp").set(0)
         metrics.connection_up.labels("kafka").set(0)
@@ -58,6 +59,12 @@ class Health:
         self._kafka_denied = reason
         self._update()
 
+    def set_topics_short(self, reason: str | None) -> None:
+        """A topic falls short of the expected durability (BRIDGE_REQUIRE_DURABLE_TOPICS), or
+        (None) no longer does."""
+        self._topics_short = reason
+        self._update()
+
     def set_draining(self) -> None:
         """Shutting down: no longer ready, so traffic and rollouts move on."""
         self.draining = True
@@ -71,9 +78,15 @@ class Health:
             "amqp": "attached" if self.amqp_attached.is_set() else "not attached",
             "kafka": "ok" if kafka_ok else self._kafka_error,
             "kafka_writes": self._kafka_denied or "ok",
+            "topics": self._topics_short or "ok",
             "draining": self.draining,
         }
-        ready = self.amqp_attached.is_set() and kafka_ok and not self._kafka_denied
+        ready = (
+            self.amqp_attached.is_set()
+            and kafka_ok
+            and not self._kafka_denied
+            and not self._topics_short
+        )
         return ready and not self.draining, checks
 
     def _update(self) -> None:

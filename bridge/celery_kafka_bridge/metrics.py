@@ -108,6 +108,16 @@ class Metrics:
             **metric,
         )
         self.ready = Gauge("ready", "1 while /readyz reports ready.", **metric)
+        self.topic_setting_shortfall = Gauge(
+            "topic_setting_shortfall",
+            "1 while the topic's setting (a Kafka config name, partitions or "
+            "replication_factor) falls short of what the bridge expects (audited).",
+            ["topic", "setting"],
+            **metric,
+        )
+        self.topic_audits = Counter(
+            "topic_audits", "Audits of the topics' settings completed.", **metric
+        )
         self.silent_workers = Gauge(
             "silent_workers",
             "Workers whose heartbeats show work while they send no task events (no -E).",

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from celery_kafka_bridge import http
@@ -15,9 +15,12 @@ from celery_kafka_bridge.amqp.source import AmqpSource, Delivery
 from celery_kafka_bridge.amqp.topology import topology_for
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.health import Health
+from celery_kafka_bridge.kafka.errors import RETRIABLE
 from celery_kafka_bridge.kafka.sink import KafkaSink
+from celery_kafka_bridge.kafka.topics import Expectation, TopicAudit
 from celery_kafka_bridge.metrics import Metrics
 from celery_kafka_bridge.pipeline import Pipeline
+from celery_kafka_bridge.retry import retried
 from celery_kafka_bridge.watchdog import Watchdog
 from celery_kafka_bridge.workers import WorkerActivity
 
@@ -99,9 +102,16 @@ async def _run_bridge(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sink = KafkaSink(config, on_producer_reset=metrics.producer_reset)
-    if not await _until_stopped(sink.start(), stop):
-        return
     source = AmqpSource(config, topology_for(config))
+    audit = TopicAudit(
+        sink.topics.topics,
+        Expectation.from_config(config),
+        metrics.topic_setting_shortfall,
+        metrics.topic_audits,
+        _durability_gate(config, health, source),
+    )
+    if not await _until_stopped(_start_kafka(sink, audit), stop):
+        return
     pipeline = Pipeline(
         sink,
         config.max_message_bytes,
@@ -112,7 +122,12 @@ async def _run_bridge(
         kafka_denied=health.set_kafka_denied,
     )
     listener = _LoopListener(loop, pipeline, health)
-    work = asyncio.gather(pipeline.run(), _status_lines(pipeline), sink.watch_topics())
+    work = asyncio.gather(
+        pipeline.run(),
+        _status_lines(pipeline),
+        sink.topics.watch(),
+        sink.topics.audit(audit, config.topic_audit_seconds),
+    )
     source.start(listener)
     stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     watched: set[asyncio.Future[Any]] = {stopped, listener.fatal, work}
@@ -135,6 +150,32 @@ async def _run_bridge(
         log.info("stopped: %s, drained=%s", pipeline.stats, drained)
     if listener.fatal.done():
         listener.fatal.result()
+
+
+async def _start_kafka(sink: KafkaSink, audit: TopicAudit) -> None:
+    """Connect, create the missing topics, audit them once (before any message is taken)."""
+    await sink.start()
+    await retried("kafka topic audit", lambda: sink.topics.check(audit), RETRIABLE)
+
+
+def _durability_gate(
+    config: Config, health: Health, source: AmqpSource
+) -> Callable[[str | None], None]:
+    """What a topic short of the expected settings does: with BRIDGE_REQUIRE_DURABLE_TOPICS,
+    the bridge is unready and takes no messages until it is fixed; otherwise only the audit's
+    warnings and gauge tell."""
+
+    def on_change(reason: str | None) -> None:
+        if not config.require_durable_topics:
+            return
+        health.set_topics_short(reason)
+        source.hold(reason is not None)
+        if reason:
+            log.warning("holding: taking no messages until the topics are as expected")
+        else:
+            log.info("the topics are as expected: taking messages")
+
+    return on_change
 
 
 async def _until_stopped(coro: Any, stop: asyncio.Event) -> bool:

@@ -75,6 +75,7 @@ class AmqpSource:
         self._acks: deque[tuple[int, list[AckOp], int]] = deque()
         self._closed = threading.Event()
         self._stop_consuming = threading.Event()
+        self._held = threading.Event()
         self._generation = 0
         self._batch: list[Delivery] = []
         self._handed_off = 0  # batches handed to the event loop (written by this thread only)
@@ -91,6 +92,14 @@ class AmqpSource:
     def stop_consuming(self) -> None:
         """Take no new messages; acks are still applied until `close`."""
         self._stop_consuming.set()
+
+    def hold(self, held: bool) -> None:
+        """Take no messages while held (thread-safe), e.g. while a topic is not durable enough:
+        the queue is declared and keeps what arrives; messages already taken are still acked."""
+        if held:
+            self._held.set()
+        else:
+            self._held.clear()
 
     def batch_processed(self) -> None:
         """The event loop is done with a handed-off batch (called on the loop thread)."""
@@ -186,7 +195,6 @@ class AmqpSource:
         self._acked_through = 0
         self._listener.on_attached(self._generation)
         consumers = consumers_for(self._config, conn, channel, self._on_message)
-        consumers.start(queues)
         retirer = QueueRetirer(
             conn,
             channel,
@@ -196,19 +204,24 @@ class AmqpSource:
             reassert=lambda: self._topology.declare(channel, version),
             settle_seconds=self._config.shutdown_grace_seconds + 5,
         )
-        retirer.start()
-        log.info(
-            "amqp consuming %s at %s", ", ".join(queues), mask_credentials(self._config.amqp_url)
-        )
-        consuming = True
+        consuming = started = False
         next_heartbeat_check = 0.0
         amqp_connection = conn.connection  # py-amqp's own: kombu adds three calls per drain
         while True:
-            if consuming and self._stop_consuming.is_set():
+            wanted = not (self._stop_consuming.is_set() or self._held.is_set())
+            if wanted and not started:
+                consumers.start(queues)
+                retirer.start()
+                url = mask_credentials(self._config.amqp_url)
+                log.info("amqp consuming %s at %s", ", ".join(queues), url)
+                consuming = started = True
+            elif consuming and not wanted:
                 consumers.stop()
                 retirer.stop()
                 consuming = False
                 log.info("amqp stopped consuming; applying the last acks")
+            elif wanted and not consuming and self._acked_through >= self._last_delivered:
+                return  # held, then released: a fresh session consumes again
             self._apply_acks(channel)
             if self._closed.is_set():
                 return

@@ -26,6 +26,7 @@ from aiokafka.errors import (
     InvalidProducerEpoch,
     InvalidProducerIdMapping,
     InvalidTimestampError,
+    KafkaError,
     MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
@@ -36,6 +37,8 @@ from aiokafka.errors import (
     TransactionalIdAuthorizationFailed,
     UnknownProducerId,
 )
+
+from celery_kafka_bridge.errors import TransientError
 
 
 class Kind(StrEnum):
@@ -61,6 +64,9 @@ kafka_errors.kafka_errors.setdefault(InvalidRecordError.errno, InvalidRecordErro
 class ProducerReplaced(Exception):
     """The producer a batch was handed to was replaced before Kafka answered; send it again."""
 
+
+RETRIABLE = (KafkaError, TransientError, OSError, TimeoutError)
+"""What a Kafka call outside the batch writers (metadata, topics) is retried on."""
 
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
 _RECORD = (*TOO_LARGE, CorruptRecordException, InvalidRecordError, InvalidTimestampError)

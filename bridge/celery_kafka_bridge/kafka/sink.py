@@ -1,4 +1,4 @@
-"""The Kafka side: an aiokafka producer (acks=all) and the topics it writes to.
+"""The Kafka side: an aiokafka producer (acks=all) writing to the topics (`topics.TopicAdmin`).
 
 Records go out in per-partition batches (`batches.BatchWriter`), which handle a failed batch by
 the kind of error (`errors`); the producer itself may be replaced (`producer.Producer`).
@@ -11,30 +11,20 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
-
 from celery_kafka_bridge.codec import DeadLetter, EventRecord, Outcome
 from celery_kafka_bridge.config import Config
-from celery_kafka_bridge.errors import TransientError
 from celery_kafka_bridge.kafka.batches import BatchWriter, Listener
 from celery_kafka_bridge.kafka.cloudevents import cloudevent_headers
+from celery_kafka_bridge.kafka.errors import RETRIABLE
 from celery_kafka_bridge.kafka.partitions import partition_for
 from celery_kafka_bridge.kafka.producer import Producer
+from celery_kafka_bridge.kafka.topics import TopicAdmin
 from celery_kafka_bridge.retry import backoff
 from celery_kafka_bridge.tls import kafka_security
 
 log = logging.getLogger(__name__)
 
-_TOPIC_ALREADY_EXISTS = 36
-TOPIC_CHECK_SECONDS = 2.0
-_HEADROOM_BYTES = 65_536
-"""Room for the key and headers above the largest body the bridge accepts."""
-
 Token = TypeVar("Token")
-
-RETRIABLE = (KafkaError, TransientError, OSError, TimeoutError)
-"""What a Kafka call outside the batch writers (metadata, topics) is retried on."""
 
 
 class KafkaSink:
@@ -45,17 +35,23 @@ class KafkaSink:
     ) -> None:
         self._config = config
         self._producer = Producer(self.producer_options(), on_producer_reset)
+        self.topics = TopicAdmin(config, [config.topic, config.dlq_topic])
         self._partitions: dict[str, list[int]] = {}
         self._writers: list[BatchWriter[Any]] = []
 
     async def start(self) -> None:
-        """Connect (retrying until Kafka answers; a broker that refuses an idempotent producer
-        raises `ConfigError`) and create the topics that are missing."""
+        """Connect (retrying until Kafka answers) and create the topics that are missing; a
+        broker that refuses an idempotent producer, or has fewer brokers than the replication
+        factor, raises `ConfigError`."""
         await self._producer.start()
-        async for attempt in backoff("kafka topic creation", RETRIABLE):
-            with attempt:
-                async with asyncio.timeout(self._producer.timeout):
-                    await self.ensure_topics()
+        try:
+            async for attempt in backoff("kafka topic creation", RETRIABLE):
+                with attempt:
+                    async with asyncio.timeout(self._producer.timeout):
+                        await self.topics.ensure(check_brokers=True)
+        except BaseException:  # a bad setting, or stopped while waiting: nothing will be sent
+            await self._producer.stop()
+            raise
         log.info("kafka producer ready at %s", self._config.kafka_bootstrap_servers)
 
     def producer_options(self) -> dict[str, Any]:
@@ -70,51 +66,10 @@ class KafkaSink:
             else config.kafka_compression,
             "linger_ms": config.kafka_linger_ms,
             "max_batch_size": config.kafka_batch_bytes,
-            "max_request_size": config.max_message_bytes + _HEADROOM_BYTES,
+            "max_request_size": config.max_request_bytes,
             "request_timeout_ms": config.kafka_request_timeout_ms,
             **kafka_security(config),
         }
-
-    async def ensure_topics(self) -> None:
-        """Create missing topics with the configured layout; never alter existing ones."""
-        config = self._config
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=config.bootstrap_servers,
-            request_timeout_ms=10_000,
-            **kafka_security(config),
-        )
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            missing = [t for t in (config.topic, config.dlq_topic) if t not in existing]
-            if not missing:
-                return
-            response = await admin.create_topics(
-                [
-                    NewTopic(t, config.topic_partitions, config.topic_replication_factor)
-                    for t in missing
-                ]
-            )
-            for topic, code, message in response.topic_errors:
-                if code not in (0, _TOPIC_ALREADY_EXISTS):
-                    raise TransientError(f"creating topic {topic} failed: {code} {message}")
-                if code == 0:
-                    log.info("created kafka topic %s", topic)
-        finally:
-            await admin.close()
-
-    async def watch_topics(self, interval: float = TOPIC_CHECK_SECONDS) -> None:
-        """Forever: recreate the topics if they vanish, e.g. a broker replaced by an empty one.
-
-        Real Kafka refuses records for a missing topic, so they are retried until it is back;
-        this puts it back without a restart.
-        """
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.ensure_topics()
-            except (KafkaError, TransientError, OSError) as exc:
-                log.debug("checking the kafka topics failed: %s", exc)
 
     async def refresh_partitions(self) -> None:
         """Look up (from the producer's metadata, fetched when missing) the topics' partitions."""
