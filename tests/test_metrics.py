@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
-from celery_kafka_bridge.amqp.source import Delivery
+from celery_kafka_bridge.source import Delivery
 from celery_kafka_bridge.codec import Envelope, EventRecord, Outcome
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from celery_kafka_bridge.kafka.batches import Listener

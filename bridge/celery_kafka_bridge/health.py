@@ -35,22 +35,23 @@ class Health:
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self._config = config
         self._metrics = metrics
-        self.amqp_attached = asyncio.Event()
+        self._side = config.broker_kind  # the source's name in checks and metrics
+        self.source_attached = asyncio.Event()
         self.draining = False
         self._kafka_answered_at: float | None = None
         self._kafka_error = "not probed yet"
         self._kafka_denied: str | None = None
         self._ready = False
-        metrics.connection_up.labels("amqp").set(0)
+        metrics.connection_up.labels(self._side).set(0)
         metrics.connection_up.labels("kafka").set(0)
 
     def set_attached(self, attached: bool) -> None:
-        """The AMQP consumer was (de)registered on a channel."""
+        """The source is consuming (an AMQP consumer registered, Redis subscribed), or not."""
         if attached:
-            self.amqp_attached.set()
+            self.source_attached.set()
         else:
-            self.amqp_attached.clear()
-        self._metrics.connection_up.labels("amqp").set(int(attached))
+            self.source_attached.clear()
+        self._metrics.connection_up.labels(self._side).set(int(attached))
         self._update()
 
     def set_kafka_denied(self, reason: str | None) -> None:
@@ -68,12 +69,12 @@ class Health:
         answered = self._kafka_answered_at
         kafka_ok = answered is not None and time.monotonic() - answered < STALE_AFTER
         checks: dict[str, Any] = {
-            "amqp": "attached" if self.amqp_attached.is_set() else "not attached",
+            self._side: "attached" if self.source_attached.is_set() else "not attached",
             "kafka": "ok" if kafka_ok else self._kafka_error,
             "kafka_writes": self._kafka_denied or "ok",
             "draining": self.draining,
         }
-        ready = self.amqp_attached.is_set() and kafka_ok and not self._kafka_denied
+        ready = self.source_attached.is_set() and kafka_ok and not self._kafka_denied
         return ready and not self.draining, checks
 
     def _update(self) -> None:

@@ -103,7 +103,7 @@ class Metrics:
         )
         self.connection_up = Gauge(
             "connection_up",
-            "1 while the side is connected: amqp consuming, kafka answering.",
+            "1 while the side is connected: the source (amqp or redis) consuming, kafka answering.",
             ["side"],
             **metric,
         )
@@ -138,6 +138,11 @@ class Metrics:
     def export_workers(self, workers: WorkerActivity) -> None:
         """Export each worker's last-event time from ``workers`` when scraped."""
         self.registry.register(_LastSeenCollector(workers.last_seen))
+
+    def export_counts(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        """Export a source's own counters when scraped: ``read()`` maps each name (under the
+        namespace) to its help and value; names ending in ``_total`` are counters."""
+        self.registry.register(_CountsCollector(read))
 
     def consumed(self, record: EventRecord) -> None:
         self._consumed.inc(record.event_type)
@@ -237,3 +242,18 @@ class _LastSeenCollector(Collector):
         for hostname, seen in list(self._last_seen.items()):
             family.add_metric([hostname], seen)
         yield family
+
+
+class _CountsCollector(Collector):
+    def __init__(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        for name, (documentation, value) in self._read().items():
+            if name.endswith("_total"):
+                family: Metric = CounterMetricFamily(
+                    f"{NAMESPACE}_{name.removesuffix('_total')}", documentation, value=value
+                )
+            else:
+                family = GaugeMetricFamily(f"{NAMESPACE}_{name}", documentation, value=value)
+            yield family

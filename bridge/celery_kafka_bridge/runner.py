@@ -1,4 +1,5 @@
-"""The bridge's lifecycle: start Kafka, consume AMQP, drain on SIGTERM/SIGINT."""
+"""The bridge's lifecycle: start Kafka, consume the broker (RabbitMQ or Redis), drain on
+SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from celery_kafka_bridge import http
-from celery_kafka_bridge.amqp.source import AmqpSource, Delivery
+from celery_kafka_bridge.amqp.source import AmqpSource
 from celery_kafka_bridge.amqp.topology import topology_for
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.health import Health
 from celery_kafka_bridge.kafka.sink import KafkaSink
 from celery_kafka_bridge.metrics import Metrics
 from celery_kafka_bridge.pipeline import Pipeline
+from celery_kafka_bridge.redis.source import RedisSource
+from celery_kafka_bridge.source import Delivery, SourceThread
 from celery_kafka_bridge.watchdog import Watchdog
 from celery_kafka_bridge.workers import WorkerActivity
 
@@ -74,8 +77,8 @@ async def _monitoring(
     server = await http.serve(config.http_port, metrics, health) if config.http_port else None
     tasks = asyncio.gather(
         health.probe_kafka(),
-        health.poll_queue(),
-        Watchdog(config, metrics, workers).run(health.amqp_attached),
+        Watchdog(config, metrics, workers).run(health.source_attached),
+        *([health.poll_queue()] if config.broker_kind == "amqp" else []),  # pub/sub has no queue
     )
     try:
         yield
@@ -101,7 +104,7 @@ async def _run_bridge(
     sink = KafkaSink(config, on_producer_reset=metrics.producer_reset)
     if not await _until_stopped(sink.start(), stop):
         return
-    source = AmqpSource(config, topology_for(config))
+    source = _source(config, metrics)
     pipeline = Pipeline(
         sink,
         config.max_message_bytes,
@@ -135,6 +138,14 @@ async def _run_bridge(
         log.info("stopped: %s, drained=%s", pipeline.stats, drained)
     if listener.fatal.done():
         listener.fatal.result()
+
+
+def _source(config: Config, metrics: Metrics) -> SourceThread:
+    if config.broker_kind == "redis":
+        redis_source = RedisSource(config)
+        metrics.export_counts(redis_source.metrics)
+        return redis_source
+    return AmqpSource(config, topology_for(config))
 
 
 async def _until_stopped(coro: Any, stop: asyncio.Event) -> bool:

@@ -7,17 +7,13 @@ thread. Deliveries leave it in batches; acks come back to it in batches through 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from amqp.exceptions import PreconditionFailed
 from kombu.connection import Connection
 from tenacity import Retrying, retry_if_exception_type
 
-from celery_kafka_bridge.acks import AckOp
 from celery_kafka_bridge.amqp.frames import fast_frame_handler
 from celery_kafka_bridge.amqp.queues import close_quietly
 from celery_kafka_bridge.amqp.reads import BufferedTransport
@@ -32,6 +28,7 @@ from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.errors import ConfigError
 from celery_kafka_bridge.logs import describe, mask_credentials
 from celery_kafka_bridge.retry import backoff_delay, backoff_policy
+from celery_kafka_bridge.source import Delivery, SourceThread
 from celery_kafka_bridge.tls import amqp_ssl
 
 log = logging.getLogger(__name__)
@@ -45,66 +42,18 @@ _MAX_BATCH = 512
 _STABLE_SESSION_SECONDS = 5.0
 
 
-@dataclass(slots=True)
-class Delivery:
-    """One AMQP message; ``generation`` names the channel its delivery tag belongs to."""
+class AmqpSource(SourceThread):
+    """Consumes the bridge queue on its own thread, reconnecting with backoff; unacked messages
+    are redelivered by RabbitMQ."""
 
-    generation: int
-    tag: int
-    envelope: Envelope
-    redelivered: bool
-
-
-class SourceListener(Protocol):
-    """Receives what the source thread sees; each method is called on the source thread."""
-
-    def on_attached(self, generation: int) -> None: ...
-    def on_detached(self, generation: int) -> None: ...
-    def on_deliveries(self, batch: list[Delivery]) -> None: ...
-    def on_fatal(self, exc: BaseException) -> None: ...
-
-
-class AmqpSource:
-    """Consumes the bridge queue on its own thread, reconnecting with backoff."""
-
-    _listener: SourceListener
+    thread_name = "amqp-source"
 
     def __init__(self, config: Config, topology: Topology) -> None:
         self._config = config
         self._topology = topology
-        self._acks: deque[tuple[int, list[AckOp], int]] = deque()
-        self._closed = threading.Event()
-        self._stop_consuming = threading.Event()
-        self._generation = 0
-        self._batch: list[Delivery] = []
-        self._handed_off = 0  # batches handed to the event loop (written by this thread only)
-        self._processed = 0  # of those, how many it has processed (written by the loop only)
         self._last_delivered = 0
         self._acked_through = 0  # every delivery up to this tag is acked (the ack tracker's)
-        self._thread = threading.Thread(target=self._run, name="amqp-source", daemon=True)
-
-    def start(self, listener: SourceListener) -> None:
-        """Connect and consume on the source thread, reporting to ``listener``."""
-        self._listener = listener
-        self._thread.start()
-
-    def stop_consuming(self) -> None:
-        """Take no new messages; acks are still applied until `close`."""
-        self._stop_consuming.set()
-
-    def batch_processed(self) -> None:
-        """The event loop is done with a handed-off batch (called on the loop thread)."""
-        self._processed += 1
-
-    def post_acks(self, generation: int, ops: list[AckOp], acked_through: int) -> None:
-        """Queue acks for the source thread (thread-safe); stale generations are dropped there.
-        ``acked_through``: every delivery up to this tag is acked once ``ops`` are applied."""
-        self._acks.append((generation, ops, acked_through))
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Apply the acks already posted, close the connection (unacked ones are redelivered)."""
-        self._closed.set()
-        self._thread.join(timeout)
+        super().__init__()
 
     def _run(self) -> None:
         quick_failures = 0
@@ -165,10 +114,6 @@ class AmqpSource:
             # Told to stop while the broker was away: a clean stop, not a failure.
         return None
 
-    def _sleep(self, seconds: float) -> None:
-        """Back off, but wake at once when the source is closed."""
-        self._closed.wait(seconds)
-
     def _session(self, conn: Any) -> None:
         channel = conn.channel()
         channel.auto_decode = False  # keep bodies as the exact bytes the worker sent
@@ -222,7 +167,7 @@ class AmqpSource:
             self._drain_once(amqp_connection)
 
     def _drain_once(self, amqp_connection: Any) -> None:
-        if self._batch and self._processed == self._handed_off:
+        if self._batch and self._loop_idle:
             self._hand_off()  # the loop is idle: waiting for more would only add latency
         try:
             amqp_connection.drain_events(timeout=_LINGER_SECONDS if self._batch else _POLL_SECONDS)
@@ -231,12 +176,6 @@ class AmqpSource:
             return
         if len(self._batch) >= _MAX_BATCH:
             self._hand_off()
-
-    def _hand_off(self) -> None:
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self._handed_off += 1
-            self._listener.on_deliveries(batch)
 
     def _on_message(self, message: Any) -> None:
         info = message.delivery_info
@@ -254,11 +193,7 @@ class AmqpSource:
         )
 
     def _apply_acks(self, channel: Any) -> None:
-        acks = self._acks
-        while acks:
-            generation, ops, acked_through = acks.popleft()
-            if generation != self._generation:
-                continue
+        for ops, acked_through in self._take_acks():
             for tag, multiple in ops:
                 channel.basic_ack(tag, multiple=multiple)
             self._acked_through = acked_through
