@@ -22,6 +22,8 @@ from celery_kafka_bridge.errors import ConfigError
 from celery_kafka_bridge.redis.channels import Subscription, envelope, message_id, subscription
 from celery_kafka_bridge.redis.claims import Claims, Standby, State
 from celery_kafka_bridge.redis.gaps import Gap, gap_between
+from celery_kafka_bridge.redis.source import RedisSource
+from celery_kafka_bridge.source import Delivery
 from harness.pubsub import Witness, own_redis_db
 from harness.support import (
     KafkaRecord,
@@ -157,7 +159,7 @@ def test_the_broker_url_is_read_from_its_old_name_too(monkeypatch: pytest.Monkey
 
 
 def test_transport_options_that_are_not_json_name_the_setting() -> None:
-    with pytest.raises(ConfigError, match="^invalid setting BRIDGE_BROKER_TRANSPORT_OPTIONS: "):
+    with pytest.raises(ConfigError, match=r"^invalid setting BRIDGE_BROKER_TRANSPORT_OPTIONS: "):
         Config.load(broker_transport_options="{fanout_prefix: yes")
 
 
@@ -289,3 +291,61 @@ def test_with_every_replica_stopped_what_was_published_meanwhile_is_lost_and_cou
     }
     assert second.metric("celery_kafka_bridge_tasks_unheard_total") >= len(lost_received)
     assert second.metric("celery_kafka_bridge_heartbeats_missed_total") >= 3
+
+
+class Collecting:
+    """A source listener that keeps every delivery and, if told to, acks it at once."""
+
+    def __init__(self, source: RedisSource, acks: bool) -> None:
+        self.source, self.acks = source, acks
+        self.deliveries: list[Delivery] = []
+        self.attached = False
+
+    def on_attached(self, generation: int) -> None:
+        self.attached = True
+
+    def on_detached(self, generation: int) -> None: ...
+    def on_fatal(self, exc: BaseException) -> None:
+        raise AssertionError(exc)
+
+    def on_deliveries(self, batch: list[Delivery]) -> None:
+        self.deliveries.extend(batch)
+        self.source.batch_processed()
+        if self.acks:
+            self.source.post_acks(batch[0].generation, [(batch[-1].tag, True)], batch[-1].tag)
+
+
+def test_a_replica_writes_what_another_claimed_and_never_confirmed(
+    names: Names, redis_url: str
+) -> None:
+    config = Config.load(
+        broker_url=redis_url,
+        event_exchange=names.exchange,
+        node_id=names.node_id,
+        redis_claim_seconds=0.3,
+    )
+    silent, confirming = RedisSource(config), RedisSource(config)
+    dead = Collecting(silent, acks=False)  # claims, never confirms: a replica that died
+    alive = Collecting(confirming, acks=True)
+    silent.start(dead)
+    confirming.start(alive)
+    try:
+        poll(lambda: dead.attached and alive.attached, 10, what="both subscribed")
+        client = redis.Redis.from_url(redis_url)
+        channel = subscription(names.exchange, int(redis_url.rsplit("/", 1)[1]), TransportOptions())
+        bodies = [
+            b'{"type": "task-started", "uuid": "u%d", "hostname": "w@h"}' % i for i in range(200)
+        ]
+        for body in bodies:
+            client.publish(
+                channel.name.removesuffix("*") + "task.started", kombu_wrapper(body, "task.started")
+            )
+        client.close()
+        poll(lambda: len(alive.deliveries) == len(bodies), 10, what="every event written")
+    finally:
+        silent.close(5)
+        confirming.close(5)
+    assert sorted(d.envelope.body for d in alive.deliveries) == sorted(bodies)
+    assert silent.counts.claimed > 0, "the silent replica claimed nothing: nothing to take over"
+    assert confirming.counts.taken_over == silent.counts.claimed
+    assert all(d.redelivered for d in alive.deliveries[-confirming.counts.taken_over :])
