@@ -396,8 +396,15 @@ def describe_validation_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     if not error["loc"]:
         return f"invalid settings: {error.get('ctx', {}).get('error', error['msg'])}"
-    name = str(error["loc"][0]).upper()
-    return (
-        f"invalid setting {name if name.startswith(ENV_PREFIX) else ENV_PREFIX + name}: "
-        + (error["msg"])
-    )
+    name = canonical_name(str(error["loc"][0]).lower().removeprefix(ENV_PREFIX.lower()))
+    return f"invalid setting {_variable(name)}: {error['msg']}"
+
+
+def _variable(name: str) -> str:
+    """The variable of a setting, under the older name if only that one is set."""
+    variable = f"{ENV_PREFIX}{name.upper()}"
+    for alias in ALIASES.get(name, ()):
+        old = f"{ENV_PREFIX}{alias.upper()}"
+        if old in os.environ and variable not in os.environ:
+            return old
+    return variable
