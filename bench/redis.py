@@ -24,9 +24,9 @@ from bench.drains import Drain, RssSampler, Setup, bridge_config, bridge_env
 from bench.kafka import read
 from bench.ordering import TASKS_PER_SECOND, Ordering, all_succeeded
 from bench.queues import Captured, event_count
-from celery_kafka_bridge.config import TransportOptions
 from celery_kafka_bridge.redis.channels import message_id, subscription
 from celery_kafka_bridge.redis.claims import Claims
+from celery_kafka_bridge.redis.options import TransportOptions
 from harness.ordering import count_inversions
 from harness.pubsub import own_redis_db
 from harness.support import (
@@ -184,11 +184,11 @@ def _publishing(url: str, stream: Stream) -> Iterator[float]:
         client.close()
 
 
-def ordering(setup: Setup, url: str, tasks: int) -> Ordering:
-    """Two replicas and a real worker (-E) on Redis: task records out of order."""
-    name = f"{setup.prefix}-o-redis"
+def ordering(setup: Setup, url: str, tasks: int, count: int) -> Ordering:
+    """``count`` replicas and a real worker (-E) on Redis: task records out of order."""
+    name = f"{setup.prefix}-o-redis{count}"
     task_queue = f"{name}.tasks"
-    with replicas(setup, url, name, 2):
+    with replicas(setup, url, name, count):
         log = setup.workdir / f"{name}-worker.log"
         worker = start_worker(name, task_queue, log, hostname=f"{name}@bench", broker_url=url)
         try:
@@ -211,7 +211,7 @@ class RedisRun:
     drains: list[Drain]
     claim_us: float
     """One replica's claim and confirmation, per message."""
-    ordering: Ordering | None
+    orderings: list[Ordering]
 
 
 def run_redis(setup: Setup, tasks: int) -> RedisRun:
@@ -220,5 +220,5 @@ def run_redis(setup: Setup, tasks: int) -> RedisRun:
         db = int(url.rsplit("/", 1)[1])
         drains = [bare_subscriber(setup, url, db), bridge(setup, url, db, 1)]
         drains.append(bridge(setup, url, db, 2))
-        order = ordering(setup, url, tasks) if tasks else None
-        return RedisRun(drains, claim_cost_us(url), order)
+        orders = [ordering(setup, url, tasks, count) for count in (1, 2)] if tasks else []
+        return RedisRun(drains, claim_cost_us(url), orders)

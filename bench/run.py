@@ -193,7 +193,7 @@ def main(
                 click.echo("redis: a bare subscriber, the bridge x1 and x2, claims, ordering")
                 redis_run = run_redis(setup, ordering_tasks)
                 drained += redis_run.drains
-                orderings += [redis_run.ordering] if redis_run.ordering else []
+                orderings += redis_run.orderings
                 meta["claim_us_per_message"] = round(redis_run.claim_us, 2)
         finally:
             clean_up(amqp_url, prefix, len(rate_list))

@@ -15,8 +15,8 @@ import orjson
 import redis
 
 from celery_kafka_bridge.codec import event_id
-from celery_kafka_bridge.config import TransportOptions
 from celery_kafka_bridge.redis.channels import envelope, subscription
+from celery_kafka_bridge.redis.options import TransportOptions
 
 BASE_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TEST_DBS = range(10, 16)

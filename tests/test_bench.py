@@ -56,7 +56,13 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     assert 0 < to_ack["p50"] <= to_ack["p95"] <= to_ack["p99"] <= to_ack["max"]
     assert len(report["targets"]) == 5
     orderings = {o["topology"]: o for o in report["ordering"]}
-    assert sorted(orderings) == ["competing", "ordered", "redis, 2 replicas", "sharded"]
+    assert sorted(orderings) == [
+        "competing",
+        "ordered",
+        "redis, 1 replica",
+        "redis, 2 replicas",
+        "sharded",
+    ]
     assert all(o["records"] >= 3 * 20 for o in orderings.values()), "every task's records read"
     assert orderings["ordered"]["inversions"] == 0
 

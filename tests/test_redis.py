@@ -16,12 +16,13 @@ import pytest
 import redis
 
 from celery_kafka_bridge.codec import Reason, decode, event_id
-from celery_kafka_bridge.config import Config, TransportOptions
+from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from celery_kafka_bridge.errors import ConfigError
 from celery_kafka_bridge.redis.channels import Subscription, envelope, message_id, subscription
 from celery_kafka_bridge.redis.claims import Claims, Standby, State
 from celery_kafka_bridge.redis.gaps import Gap, gap_between
+from celery_kafka_bridge.redis.options import TransportOptions
 from celery_kafka_bridge.redis.source import RedisSource
 from celery_kafka_bridge.source import Delivery
 from harness.pubsub import Witness, own_redis_db

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import (
     AliasChoices,
-    BaseModel,
     Field,
     FilePath,
     SecretStr,
@@ -24,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from celery_kafka_bridge.errors import ConfigError
 from celery_kafka_bridge.logs import mask_credentials
+from celery_kafka_bridge.redis.options import TransportOptions
 
 ENV_PREFIX = "BRIDGE_"
 
@@ -41,18 +41,6 @@ _AMQP_SCHEMES = {"amqp", "amqps", "pyamqp"}
 _REDIS_SCHEMES = {"redis", "rediss"}
 ALIASES = {"broker_url": ("amqp_url",)}
 """Older names a setting is also read from (variable, flag, keyword)."""
-
-
-class TransportOptions(BaseModel):
-    """The Redis transport options Celery's workers use (their broker_transport_options)."""
-
-    model_config = {"extra": "ignore", "frozen": True}
-
-    fanout_prefix: bool | str = True
-    """True: channels start with ``/{db}.``; a string: that prefix; False: none."""
-    fanout_patterns: bool = True
-    """True: each event goes to ``<exchange>/<routing key>``; False: to ``<exchange>``."""
-    global_keyprefix: str = ""
 
 
 class Config(BaseSettings):
@@ -210,6 +198,11 @@ class Config(BaseSettings):
         "{}",
         description="Redis only: the workers' broker_transport_options as JSON; fanout_prefix, "
         "fanout_patterns and global_keyprefix name the channels events are published on.",
+    )
+    sources_file: FilePath | None = Field(
+        None,
+        description="YAML file listing several sources (name, broker_url, and optionally "
+        "node_id, topology, topic), each consumed on its own; replaces BRIDGE_BROKER_URL.",
     )
     redis_claim_seconds: float = Field(
         5.0,

@@ -87,6 +87,7 @@ class Metrics:
             "Kafka producers replaced because their state was lost or they stopped answering.",
             **metric,
         )
+        self._in_flight_reads: list[Callable[[], int]] = []
         self.in_flight = Gauge(
             "in_flight_messages", "AMQP messages taken but not yet confirmed by Kafka.", **metric
         )
@@ -107,7 +108,16 @@ class Metrics:
             ["side"],
             **metric,
         )
+        self.source_up = Gauge(
+            "source_up",
+            "1 while the source consumes (one series per source of BRIDGE_SOURCES_FILE; "
+            "source=default without one).",
+            ["source"],
+            **metric,
+        )
         self.ready = Gauge("ready", "1 while /readyz reports ready.", **metric)
+        self._counts = _CountsCollector()
+        self.registry.register(self._counts)
         self.silent_workers = Gauge(
             "silent_workers",
             "Workers whose heartbeats show work while they send no task events (no -E).",
@@ -127,8 +137,11 @@ class Metrics:
         )
 
     def watch_in_flight(self, read: Callable[[], int]) -> None:
-        """Read the in-flight count when scraped instead of on every change."""
-        self.in_flight.set_function(read)
+        """Read the in-flight count when scraped instead of on every change (the sum over the
+        sources' pipelines)."""
+        self._in_flight_reads.append(read)
+        reads = self._in_flight_reads
+        self.in_flight.set_function(lambda: sum(r() for r in reads))
 
     def message(self, redelivered: bool) -> None:
         self._messages.inc()
@@ -139,10 +152,11 @@ class Metrics:
         """Export each worker's last-event time from ``workers`` when scraped."""
         self.registry.register(_LastSeenCollector(workers.last_seen))
 
-    def export_counts(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
-        """Export a source's own counters when scraped: ``read()`` maps each name (under the
-        namespace) to its help and value; names ending in ``_total`` are counters."""
-        self.registry.register(_CountsCollector(read))
+    def export_counts(self, source: str, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        """Export a source's own counters, labelled with its name, when scraped: ``read()``
+        maps each name (under the namespace) to its help and value; names ending in ``_total``
+        are counters."""
+        self._counts.sources.append((source, read))
 
     def consumed(self, record: EventRecord) -> None:
         self._consumed.inc(record.event_type)
@@ -245,15 +259,16 @@ class _LastSeenCollector(Collector):
 
 
 class _CountsCollector(Collector):
-    def __init__(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
-        self._read = read
+    def __init__(self) -> None:
+        self.sources: list[tuple[str, Callable[[], dict[str, tuple[str, float]]]]] = []
 
     def collect(self) -> Iterator[Metric]:
-        for name, (documentation, value) in self._read().items():
-            if name.endswith("_total"):
-                family: Metric = CounterMetricFamily(
-                    f"{NAMESPACE}_{name.removesuffix('_total')}", documentation, value=value
-                )
-            else:
-                family = GaugeMetricFamily(f"{NAMESPACE}_{name}", documentation, value=value)
-            yield family
+        families: dict[str, Metric] = {}
+        for source, read in self.sources:
+            for name, (documentation, value) in read().items():
+                if name not in families:
+                    kind = CounterMetricFamily if name.endswith("_total") else GaugeMetricFamily
+                    full = f"{NAMESPACE}_{name.removesuffix('_total')}"
+                    families[name] = kind(full, documentation, labels=["source"])
+                families[name].add_metric([source], value)  # type: ignore[attr-defined]
+        yield from families.values()

@@ -1,5 +1,5 @@
-"""The bridge's lifecycle: start Kafka, consume the broker (RabbitMQ or Redis), drain on
-SIGTERM/SIGINT."""
+"""The bridge's lifecycle: start Kafka, consume each source (a RabbitMQ queue or Redis pub/sub)
+in a lane of its own, drain on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -12,73 +12,51 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from celery_kafka_bridge import http
-from celery_kafka_bridge.amqp.source import AmqpSource
-from celery_kafka_bridge.amqp.topology import topology_for
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.health import Health
-from celery_kafka_bridge.kafka.sink import KafkaSink
+from celery_kafka_bridge.lane import Lane
+from celery_kafka_bridge.logs import describe
 from celery_kafka_bridge.metrics import Metrics
-from celery_kafka_bridge.pipeline import Pipeline
-from celery_kafka_bridge.redis.source import RedisSource
-from celery_kafka_bridge.source import Delivery, SourceThread
+from celery_kafka_bridge.sources import Source, sources_of
 from celery_kafka_bridge.watchdog import Watchdog
 from celery_kafka_bridge.workers import WorkerActivity
 
 log = logging.getLogger(__name__)
 
-STATUS_INTERVAL_SECONDS = 30.0
-
-
-class _LoopListener:
-    """Carries what the source thread sees onto the event loop, in order."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, pipeline: Pipeline, health: Health) -> None:
-        self._loop = loop
-        self._pipeline = pipeline
-        self._health = health
-        self.fatal: asyncio.Future[None] = loop.create_future()
-
-    def on_attached(self, generation: int) -> None:
-        self._loop.call_soon_threadsafe(self._pipeline.attach, generation)
-        self._loop.call_soon_threadsafe(self._health.set_attached, True)
-
-    def on_detached(self, generation: int) -> None:
-        self._loop.call_soon_threadsafe(self._pipeline.detach, generation)
-        self._loop.call_soon_threadsafe(self._health.set_attached, False)
-
-    def on_deliveries(self, batch: list[Delivery]) -> None:
-        self._loop.call_soon_threadsafe(self._pipeline.accept, batch)
-
-    def on_fatal(self, exc: BaseException) -> None:
-        self._loop.call_soon_threadsafe(self._fail, exc)
-
-    def _fail(self, exc: BaseException) -> None:
-        if not self.fatal.done():
-            self.fatal.set_exception(exc)
-
 
 async def run_bridge(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set (or SIGTERM/SIGINT); raise what stopped it otherwise."""
+    """Run until ``stop`` is set (or SIGTERM/SIGINT); raise what stopped it otherwise.
+
+    With one source, its failure stops the bridge; with several (``BRIDGE_SOURCES_FILE``), a
+    failed source is reported unready and the others go on."""
+    sources = sources_of(config)
     metrics = Metrics()
     workers = WorkerActivity()
     metrics.export_workers(workers)
     loop = asyncio.get_running_loop()
     metrics.loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # scraped on the loop
-    health = Health(config, metrics)
-    async with _monitoring(config, metrics, health, workers):
-        await _run_bridge(config, stop, metrics, health, workers)
+    health = Health(config, metrics, sources)
+    async with _monitoring(config, sources, metrics, health, workers):
+        lanes = [Lane(source, metrics, health, workers) for source in sources]
+        await _run_bridge(config, lanes, health, stop or asyncio.Event())
 
 
 @contextlib.asynccontextmanager
 async def _monitoring(
-    config: Config, metrics: Metrics, health: Health, workers: WorkerActivity
+    config: Config,
+    sources: list[Source],
+    metrics: Metrics,
+    health: Health,
+    workers: WorkerActivity,
 ) -> AsyncIterator[None]:
     """HTTP endpoints, broker probes and the watchdog, from before Kafka connects to the end."""
     server = await http.serve(config.http_port, metrics, health) if config.http_port else None
+    # The queue depth gauges describe one AMQP queue: a single source's.
+    queue = len(sources) == 1 and sources[0].config.broker_kind == "amqp"
     tasks = asyncio.gather(
         health.probe_kafka(),
-        Watchdog(config, metrics, workers).run(health.source_attached),
-        *([health.poll_queue()] if config.broker_kind == "amqp" else []),  # pub/sub has no queue
+        Watchdog(sources[0].config, metrics, workers).run(health.source_attached),
+        *([health.poll_queue()] if queue else []),
     )
     try:
         yield
@@ -91,61 +69,65 @@ async def _monitoring(
 
 
 async def _run_bridge(
-    config: Config,
-    stop: asyncio.Event | None,
-    metrics: Metrics,
-    health: Health,
-    workers: WorkerActivity,
+    config: Config, lanes: list[Lane], health: Health, stop: asyncio.Event
 ) -> None:
     loop = asyncio.get_running_loop()
-    stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    sink = KafkaSink(config, on_producer_reset=metrics.producer_reset)
-    if not await _until_stopped(sink.start(), stop):
-        return
-    source = _source(config, metrics)
-    pipeline = Pipeline(
-        sink,
-        config.max_message_bytes,
-        source.post_acks,
-        source.batch_processed,
-        metrics=metrics,
-        workers=workers,
-        kafka_denied=health.set_kafka_denied,
-    )
-    listener = _LoopListener(loop, pipeline, health)
-    work = asyncio.gather(pipeline.run(), _status_lines(pipeline), sink.watch_topics())
-    source.start(listener)
-    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-    watched: set[asyncio.Future[Any]] = {stopped, listener.fatal, work}
+    starting = [asyncio.ensure_future(lane.start()) for lane in lanes]
     try:
-        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        started = await _until_stopped(asyncio.gather(*starting), stop)
+    except BaseException:
+        for task in starting:  # a lane that failed to start stops the others' starts
+            task.cancel()
+        await _drain(config, lanes, health)
+        raise
+    if not started:
+        await _drain(config, lanes, health)
+        return
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    try:
+        failure = await _watch(lanes, stopped)
     finally:
         stopped.cancel()
-        deadline = time.monotonic() + config.shutdown_grace_seconds
-        health.set_draining()
-        log.info("draining: taking no new messages, waiting for kafka to confirm in-flight ones")
-        source.stop_consuming()
-        drained = await pipeline.drain(max(0.0, deadline - time.monotonic() - 1.0))
-        await loop.run_in_executor(None, source.close, max(0.5, deadline - time.monotonic()))
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
-                await sink.stop()
-        log.info("stopped: %s, drained=%s", pipeline.stats, drained)
-    if listener.fatal.done():
-        listener.fatal.result()
+        await _drain(config, lanes, health)
+    if failure is not None:
+        raise failure
 
 
-def _source(config: Config, metrics: Metrics) -> SourceThread:
-    if config.broker_kind == "redis":
-        redis_source = RedisSource(config)
-        metrics.export_counts(redis_source.metrics)
-        return redis_source
-    return AmqpSource(config, topology_for(config))
+async def _drain(config: Config, lanes: list[Lane], health: Health) -> None:
+    """Stop every lane that started, within the shutdown grace period."""
+    running = [lane for lane in lanes if lane.work is not None]
+    if not running:
+        return
+    deadline = time.monotonic() + config.shutdown_grace_seconds
+    health.set_draining()
+    log.info("draining: taking no new messages, waiting for kafka to confirm in-flight ones")
+    await asyncio.gather(*(lane.stop(deadline) for lane in running))
+
+
+async def _watch(lanes: list[Lane], stopped: asyncio.Future[Any]) -> BaseException | None:
+    """Wait for the stop signal or a lane's failure. A lane's pipeline that ends, or the only
+    lane's source that fails, stops the bridge (returned); one failed source of several is left
+    failed (unready) while the others go on."""
+    fatal = {lane.listener.fatal: lane for lane in lanes}
+    watched: set[asyncio.Future[Any]] = {
+        stopped,
+        *fatal,
+        *(lane.work for lane in lanes if lane.work),
+    }
+    while True:
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        for future in done:
+            if future is stopped:
+                return None
+            lane = fatal.get(future)
+            if lane is None or len(lanes) == 1:
+                return future.exception()
+            log.error(
+                "source %s failed: %s; the others go on", lane.name, describe(future.exception())
+            )
+            watched.discard(future)
 
 
 async def _until_stopped(coro: Any, stop: asyncio.Event) -> bool:
@@ -161,9 +143,3 @@ async def _until_stopped(coro: Any, stop: asyncio.Event) -> bool:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return False
-
-
-async def _status_lines(pipeline: Pipeline) -> None:
-    while True:
-        await asyncio.sleep(STATUS_INTERVAL_SECONDS)
-        log.info("status: %s, %d in flight", pipeline.stats, pipeline.in_flight)

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from celery_kafka_bridge.codec import Envelope
-from celery_kafka_bridge.config import TransportOptions
+from celery_kafka_bridge.redis.options import TransportOptions
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
