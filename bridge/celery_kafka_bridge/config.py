@@ -370,6 +370,8 @@ def secret_files(environ: Mapping[str, str]) -> dict[str, str]:
         name = canonical_name(variable.removeprefix(ENV_PREFIX).removesuffix("_FILE").lower())
         if not (variable.startswith(ENV_PREFIX) and variable.endswith("_FILE")):
             continue
+        if variable.removeprefix(ENV_PREFIX).lower() in Config.model_fields:
+            continue  # a setting of its own (BRIDGE_SOURCES_FILE), not a secret's file
         if name not in Config.model_fields:
             raise ConfigError(f"invalid setting {variable}: no setting {ENV_PREFIX}{name.upper()}")
         if {f"{ENV_PREFIX}{n.upper()}" for n in (name, *ALIASES.get(name, ()))} & environ.keys():
