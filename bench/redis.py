@@ -202,7 +202,11 @@ def ordering(setup: Setup, url: str, tasks: int, count: int) -> Ordering:
             stop_worker(worker)
     report = count_inversions(in_topic_order(records))
     return Ordering(
-        "redis, 2 replicas", tasks, report.records, report.inversions, round(seconds, 1)
+        f"redis, {count} replica{'s' if count > 1 else ''}",
+        tasks,
+        report.records,
+        report.inversions,
+        round(seconds, 1),
     )
 
 

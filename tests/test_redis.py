@@ -8,8 +8,9 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import Popen
 
 import orjson
 import pytest
@@ -186,6 +187,27 @@ def test_events_published_on_redis_are_records_and_garbage_is_a_dead_letter(
     assert dead.value == b"\x80garbage"
 
 
+@pytest.fixture
+def redis_worker(names: Names, redis_url: str, tmp_path: Path) -> Callable[[], Popen[bytes]]:
+    """Starts a real worker (-E, hostname ``<suffix>@test``) on the test's Redis database."""
+
+    def start() -> Popen[bytes]:
+        log, host = tmp_path / "worker.log", f"{names.suffix}@test"
+        return start_worker(
+            names.exchange, names.task_queue, log, hostname=host, broker_url=redis_url
+        )
+
+    return start
+
+
+def sending(names: Names, redis_url: str, count: int, per_second: float) -> threading.Thread:
+    """Tasks sent to the Redis worker at a steady pace, from a thread."""
+    args = (names.exchange, names.task_queue, count, per_second, redis_url)
+    thread = threading.Thread(target=send_tasks, args=args)
+    thread.start()
+    return thread
+
+
 def duplicates(records: list[KafkaRecord]) -> int:
     counts = Counter(r.headers["event_id"] for r in records)
     return sum(n - 1 for n in counts.values())
@@ -198,22 +220,12 @@ def test_a_replica_killed_mid_stream_loses_no_event_the_witness_saw(
     redis_url: str,
     start_bridge: BridgeFactory,
     witness: Witness,
-    tmp_path: Path,
+    redis_worker: Callable[[], Popen[bytes]],
 ) -> None:
     doomed = start_bridge(BRIDGE_BROKER_URL=redis_url)
     survivor = start_bridge(BRIDGE_BROKER_URL=redis_url)
-    hostname = f"w-{names.suffix}@test"
-    worker = start_worker(
-        names.exchange,
-        names.task_queue,
-        tmp_path / "w.log",
-        hostname=hostname,
-        broker_url=redis_url,
-    )
-    sender = threading.Thread(
-        target=send_tasks, args=(names.exchange, names.task_queue, 300, 100.0, redis_url)
-    )
-    sender.start()
+    worker = redis_worker()
+    sender = sending(names, redis_url, 300, 100.0)
     try:
         claimed = "celery_kafka_bridge_redis_messages_claimed_total"
         poll(lambda: doomed.metric(claimed) > 100, 30, what="both replicas writing")
@@ -245,24 +257,14 @@ def test_with_every_replica_stopped_what_was_published_meanwhile_is_lost_and_cou
     redis_url: str,
     start_bridge: BridgeFactory,
     witness: Witness,
-    tmp_path: Path,
+    redis_worker: Callable[[], Popen[bytes]],
 ) -> None:
     first = start_bridge(BRIDGE_BROKER_URL=redis_url)
-    hostname = f"w-{names.suffix}@test"
-    worker = start_worker(
-        names.exchange,
-        names.task_queue,
-        tmp_path / "w.log",
-        hostname=hostname,
-        broker_url=redis_url,
-    )
+    worker = redis_worker()
     client = redis.Redis.from_url(redis_url)
-    sender = threading.Thread(
-        target=send_tasks, args=(names.exchange, names.task_queue, 320, 20.0, redis_url)
-    )
-    sender.start()
+    sender = sending(names, redis_url, 320, 20.0)
     try:
-        beat = f"celery-kafka-bridge/{names.node_id}/heartbeat/{hostname}"
+        beat = f"celery-kafka-bridge/{names.node_id}/heartbeat/{names.suffix}@test"
         poll(lambda: client.exists(beat), 30, what="a heartbeat written")
         stopped_at = time.time()
         first.signal(signal.SIGTERM)

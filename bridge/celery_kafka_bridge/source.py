@@ -2,19 +2,29 @@
 from a thread of the source's own, and acks coming back to that thread in batches.
 
 A source (`amqp.source.AmqpSource`, `redis.source.RedisSource`) subclasses `SourceThread` and
-implements `_run`: connect, consume, call `_deliver` per message and `_hand_off` per batch, and
-take what `_take_acks` returns on its own thread.
+implements `_connect` and `_session`: consume, fill ``_batch`` and `_hand_off` it, apply what
+`_take_acks` returns, all on its own thread. The thread reconnects with backoff.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from tenacity import Retrying, retry_if_exception_type
 
 from celery_kafka_bridge.acks import AckOp
 from celery_kafka_bridge.codec import Envelope
+from celery_kafka_bridge.logs import describe, mask_credentials
+from celery_kafka_bridge.retry import backoff_delay, backoff_policy
+
+log = logging.getLogger(__name__)
+
+_STABLE_SESSION_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -41,9 +51,14 @@ class SourceThread:
     """A source's thread, its stop signals and the hand-offs to and from the event loop."""
 
     _listener: SourceListener
-    thread_name = "source"
+    kind = "source"
+    """The broker's name in the thread's name and the log lines."""
+    _connect_errors: tuple[type[BaseException], ...] = (Exception,)
+    """What a failed connection attempt raises (retried with backoff)."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._received = 0  # messages received over every session (this thread's)
         self._acks: deque[tuple[int, list[AckOp], int]] = deque()
         self._closed = threading.Event()
         self._stop_consuming = threading.Event()
@@ -51,7 +66,7 @@ class SourceThread:
         self._batch: list[Delivery] = []
         self._handed_off = 0  # batches handed to the event loop (written by this thread only)
         self._processed = 0  # of those, how many it has processed (written by the loop only)
-        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{self.kind}-source", daemon=True)
 
     def start(self, listener: SourceListener) -> None:
         """Connect and consume on the source thread, reporting to ``listener``."""
@@ -76,8 +91,69 @@ class SourceThread:
         self._closed.set()
         self._thread.join(timeout)
 
-    def _run(self) -> None:
+    def _connect(self) -> Any:
+        """A new connection (raises one of ``_connect_errors`` if the broker is away)."""
         raise NotImplementedError
+
+    def _session(self, conn: Any) -> None:
+        """Consume on ``conn`` until closed; raise what the connection's loss raises."""
+        raise NotImplementedError
+
+    def _session_errors(self, conn: Any) -> tuple[type[BaseException], ...]:
+        """What a lost connection raises in `_session` (then the thread reconnects)."""
+        raise NotImplementedError
+
+    def _disconnect(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        quick_failures = 0
+        try:
+            while not self._closed.is_set():
+                conn = self._connect_retrying()
+                if conn is None:
+                    return
+                started, received = time.monotonic(), self._received
+                wait = 0.0
+                try:
+                    self._session(conn)
+                except self._session_errors(conn) as exc:
+                    # A session that fails straight away would fail again: back off. One that
+                    # received messages worked (a cut connection): reconnect at once.
+                    quick = (
+                        self._received == received
+                        and time.monotonic() - started < _STABLE_SESSION_SECONDS
+                    )
+                    quick_failures = quick_failures + 1 if quick else 0
+                    wait = backoff_delay(quick_failures) if quick else 0.0
+                    log.warning(
+                        "%s disconnected: %s; reconnecting in %.1fs", self.kind, describe(exc), wait
+                    )
+                finally:
+                    self._batch = []  # never acked: the broker's (or other replicas') to resend
+                    self._listener.on_detached(self._generation)
+                    self._disconnect(conn)
+                self._sleep(wait)
+        except BaseException as exc:
+            self._listener.on_fatal(exc)
+
+    def _connect_retrying(self) -> Any:
+        """`_connect`, retried with backoff until it works; None if closed meanwhile."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(self._connect_errors),
+            stop=lambda _state: self._closed.is_set(),
+            sleep=self._sleep,
+            **backoff_policy(f"{self.kind} connect to {mask_credentials(self._url)}"),
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return None if self._closed.is_set() else self._connect()
+        except self._connect_errors:
+            if not self._closed.is_set():
+                raise
+            # Told to stop while the broker was away: a clean stop, not a failure.
+        return None
 
     def _sleep(self, seconds: float) -> None:
         """Back off, but wake at once when the source is closed."""

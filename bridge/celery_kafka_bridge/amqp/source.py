@@ -12,7 +12,6 @@ from typing import Any
 
 from amqp.exceptions import PreconditionFailed
 from kombu.connection import Connection
-from tenacity import Retrying, retry_if_exception_type
 
 from celery_kafka_bridge.amqp.frames import fast_frame_handler
 from celery_kafka_bridge.amqp.queues import close_quietly
@@ -26,8 +25,7 @@ from celery_kafka_bridge.amqp.topology import (
 from celery_kafka_bridge.codec import Envelope
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.errors import ConfigError
-from celery_kafka_bridge.logs import describe, mask_credentials
-from celery_kafka_bridge.retry import backoff_delay, backoff_policy
+from celery_kafka_bridge.logs import mask_credentials
 from celery_kafka_bridge.source import Delivery, SourceThread
 from celery_kafka_bridge.tls import amqp_ssl
 
@@ -39,80 +37,39 @@ is handed off anyway. While the loop is idle, a batch is handed off at once."""
 _POLL_SECONDS = 0.01
 """Idle wait between checks for acks to apply; bounds the ack latency."""
 _MAX_BATCH = 512
-_STABLE_SESSION_SECONDS = 5.0
 
 
 class AmqpSource(SourceThread):
     """Consumes the bridge queue on its own thread, reconnecting with backoff; unacked messages
     are redelivered by RabbitMQ."""
 
-    thread_name = "amqp-source"
+    kind = "amqp"
 
     def __init__(self, config: Config, topology: Topology) -> None:
         self._config = config
         self._topology = topology
         self._last_delivered = 0
         self._acked_through = 0  # every delivery up to this tag is acked (the ack tracker's)
-        super().__init__()
-
-    def _run(self) -> None:
-        quick_failures = 0
-        try:
-            while not self._closed.is_set():
-                conn = self._connect()
-                if conn is None:
-                    return
-                started = time.monotonic()
-                wait = 0.0
-                self._last_delivered = 0
-                try:
-                    self._session(conn)
-                except (*conn.connection_errors, *conn.channel_errors) as exc:
-                    # A session that fails straight away would fail again: back off. One that
-                    # delivered messages worked (a cut connection): reconnect at once.
-                    quick = (
-                        not self._last_delivered
-                        and time.monotonic() - started < _STABLE_SESSION_SECONDS
-                    )
-                    quick_failures = quick_failures + 1 if quick else 0
-                    wait = backoff_delay(quick_failures) if quick else 0.0
-                    log.warning("amqp disconnected: %s; reconnecting in %.1fs", describe(exc), wait)
-                finally:
-                    self._batch = []  # unacked, so RabbitMQ redelivers them
-                    self._listener.on_detached(self._generation)
-                    close_quietly(conn)
-                self._sleep(wait)
-        except BaseException as exc:
-            self._listener.on_fatal(exc)
+        super().__init__(config.amqp_url)
 
     def _connect(self) -> Any:
-        retrying = Retrying(
-            retry=retry_if_exception_type(Exception),
-            stop=lambda _state: self._closed.is_set(),
-            sleep=self._sleep,
-            **backoff_policy(f"amqp connect to {mask_credentials(self._config.amqp_url)}"),
+        ssl = amqp_ssl(self._config)
+        conn = Connection(
+            self._config.amqp_url,
+            transport=None if ssl else BufferedTransport,
+            heartbeat=30,
+            connect_timeout=10,
+            ssl=ssl,
+            transport_options={"frame_handler": fast_frame_handler},
         )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    if self._closed.is_set():
-                        return None
-                    ssl = amqp_ssl(self._config)
-                    conn = Connection(
-                        self._config.amqp_url,
-                        transport=None if ssl else BufferedTransport,
-                        heartbeat=30,
-                        connect_timeout=10,
-                        ssl=ssl,
-                        transport_options={"frame_handler": fast_frame_handler},
-                    )
-                    conn.connect()
-                    return conn
-        except Exception:
-            if not self._closed.is_set():
-                raise
-            # Told to stop while the broker was away: a clean stop, not a failure.
-        return None
+        conn.connect()
+        return conn
+
+    def _session_errors(self, conn: Any) -> tuple[type[BaseException], ...]:
+        return (*conn.connection_errors, *conn.channel_errors)
+
+    def _disconnect(self, conn: Any) -> None:
+        close_quietly(conn)
 
     def _session(self, conn: Any) -> None:
         channel = conn.channel()
@@ -129,6 +86,7 @@ class AmqpSource(SourceThread):
         self._generation += 1
         self._acks.clear()
         self._acked_through = 0
+        self._last_delivered = 0
         self._listener.on_attached(self._generation)
         consumers = consumers_for(self._config, conn, channel, self._on_message)
         consumers.start(queues)
@@ -188,6 +146,7 @@ class AmqpSource(SourceThread):
             time.time_ns() // 1_000_000,
         )
         self._last_delivered = info["delivery_tag"]
+        self._received += 1
         self._batch.append(
             Delivery(self._generation, self._last_delivered, envelope, info["redelivered"])
         )

@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from tenacity import Retrying, retry_if_exception_type
 
 from celery_kafka_bridge.config import Config
-from celery_kafka_bridge.logs import describe, mask_credentials
+from celery_kafka_bridge.logs import mask_credentials
 from celery_kafka_bridge.redis.channels import envelope, message_id, subscription
 from celery_kafka_bridge.redis.claims import Claims, Standby, State
 from celery_kafka_bridge.redis.gaps import HeartbeatGaps
-from celery_kafka_bridge.retry import backoff_delay, backoff_policy
 from celery_kafka_bridge.source import Delivery, SourceThread
 
 log = logging.getLogger(__name__)
@@ -34,7 +32,6 @@ _POLL_SECONDS = 0.01
 """Idle wait for a message between checks for acks to apply; bounds the confirmation latency."""
 _MAX_BATCH = 512
 _STANDBY_CHECK_SECONDS = 0.2
-_STABLE_SESSION_SECONDS = 5.0
 _ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 _Received = tuple[bytes, bytes, int]
@@ -53,7 +50,8 @@ class RedisCounts:
 class RedisSource(SourceThread):
     """Every replica subscribes; each message is written by the replica that claims it."""
 
-    thread_name = "redis-source"
+    kind = "redis"
+    _connect_errors = _ERRORS
 
     def __init__(self, config: Config) -> None:
         self._config = config
@@ -67,7 +65,7 @@ class RedisSource(SourceThread):
         self.counts = RedisCounts()
         self.gaps = HeartbeatGaps(self._namespace)
         self._client: Any = None
-        super().__init__()
+        super().__init__(config.broker_url)
 
     def metrics(self) -> dict[str, tuple[str, float]]:
         """What this replica did, for `Metrics.export_counts` (read when scraped)."""
@@ -101,59 +99,18 @@ class RedisSource(SourceThread):
             ),
         }
 
-    def _run(self) -> None:
-        quick_failures = 0
-        try:
-            while not self._closed.is_set():
-                client = self._connect()
-                if client is None:
-                    return
-                started, received = time.monotonic(), self.counts.received
-                wait = 0.0
-                try:
-                    self._session(client)
-                except _ERRORS as exc:
-                    # A session that fails straight away would fail again: back off. One that
-                    # received messages worked (a cut connection): reconnect at once.
-                    quick = (
-                        self.counts.received == received
-                        and time.monotonic() - started < _STABLE_SESSION_SECONDS
-                    )
-                    quick_failures = quick_failures + 1 if quick else 0
-                    wait = backoff_delay(quick_failures) if quick else 0.0
-                    log.warning(
-                        "redis disconnected: %s; reconnecting in %.1fs", describe(exc), wait
-                    )
-                finally:
-                    self._batch = []  # claimed, never confirmed: other replicas write them
-                    self._listener.on_detached(self._generation)
-                    client.close()
-                self._sleep(wait)
-        except BaseException as exc:
-            self._listener.on_fatal(exc)
-
     def _connect(self) -> Any:
-        url = self._config.broker_url
-        retrying = Retrying(
-            retry=retry_if_exception_type(_ERRORS),
-            stop=lambda _state: self._closed.is_set(),
-            sleep=self._sleep,
-            **backoff_policy(f"redis connect to {mask_credentials(url)}"),
+        client = redis.Redis.from_url(
+            self._url, socket_connect_timeout=10, socket_timeout=30, health_check_interval=0
         )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    if self._closed.is_set():
-                        return None
-                    client = redis.Redis.from_url(
-                        url, socket_connect_timeout=10, socket_timeout=30, health_check_interval=0
-                    )
-                    client.ping()
-                    return client
-        except _ERRORS:
-            if not self._closed.is_set():
-                raise
-        return None
+        client.ping()
+        return client
+
+    def _session_errors(self, conn: Any) -> tuple[type[BaseException], ...]:
+        return _ERRORS
+
+    def _disconnect(self, conn: Any) -> None:
+        conn.close()
 
     def _session(self, client: Any) -> None:
         claims = Claims(client, self._namespace, self.replica, self._config.redis_claim_seconds)
@@ -216,6 +173,7 @@ class RedisSource(SourceThread):
         if not received:
             return
         self.counts.received += len(received)
+        self._received += len(received)
         ids = [message_id(data) for _, data, _ in received]
         now = time.monotonic()
         for won, mid, item in zip(claims.claim(ids), ids, received, strict=True):
