@@ -21,7 +21,7 @@ from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from celery_kafka_bridge.errors import ConfigError
 from celery_kafka_bridge.redis.channels import Subscription, envelope, message_id, subscription
-from celery_kafka_bridge.redis.claims import Claims, Standby, State
+from celery_kafka_bridge.redis.claims import Claims, Lease, Standby, State
 from celery_kafka_bridge.redis.gaps import Gap, gap_between
 from celery_kafka_bridge.redis.options import TransportOptions
 from celery_kafka_bridge.redis.source import RedisSource
@@ -152,6 +152,17 @@ def test_one_replica_wins_each_claim_and_a_confirmed_claim_is_done(redis_url: st
     client.close()
 
 
+def test_one_replica_holds_the_lease_until_it_lets_go_or_stops_renewing(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    a = Lease(client, "ns", "a", ttl_seconds=0.3)
+    b = Lease(client, "ns", "b", ttl_seconds=0.3)
+    assert (a.hold(), b.hold(), a.hold()) == (True, False, True)
+    a.release()
+    assert (b.hold(), a.hold()) == (True, False)
+    poll(a.hold, 5, what="b's lease to expire unrenewed")
+    client.close()
+
+
 def test_the_broker_url_is_read_from_its_old_name_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_AMQP_URL", "redis://127.0.0.1:6379/4")
     config = Config.load()
@@ -222,13 +233,13 @@ def test_a_replica_killed_mid_stream_loses_no_event_the_witness_saw(
     witness: Witness,
     redis_worker: Callable[[], Popen[bytes]],
 ) -> None:
-    doomed = start_bridge(BRIDGE_BROKER_URL=redis_url)
+    doomed = start_bridge(BRIDGE_BROKER_URL=redis_url)  # first, so it takes the lease
     survivor = start_bridge(BRIDGE_BROKER_URL=redis_url)
     worker = redis_worker()
     sender = sending(names, redis_url, 300, 100.0)
     try:
         claimed = "celery_kafka_bridge_redis_messages_claimed_total"
-        poll(lambda: doomed.metric(claimed) > 100, 30, what="both replicas writing")
+        poll(lambda: doomed.metric(claimed) > 100, 30, what="the leaseholder writing")
         doomed.kill()
         sender.join()
         poll(lambda: len(witness.seen) >= 300 * 3, 60, what="the tasks to run")  # ~4 events each
@@ -243,11 +254,11 @@ def test_a_replica_killed_mid_stream_loses_no_event_the_witness_saw(
         stop_worker(worker)
     missing = expected - event_ids(records)
     assert not missing, f"lost {len(missing)} of {len(expected)} events"
-    assert survivor.metric(claimed) > 100
+    taken_over = survivor.metric("celery_kafka_bridge_redis_messages_taken_over_total")
+    assert taken_over > 0, "the survivor wrote nothing the dead replica left"
+    assert survivor.metric("celery_kafka_bridge_redis_leaseholder") == 1
     # Duplicates come only from claims the dead replica never confirmed.
-    assert duplicates(records) <= survivor.metric(
-        "celery_kafka_bridge_redis_messages_taken_over_total"
-    )
+    assert duplicates(records) <= taken_over
 
 
 @pytest.mark.slow
@@ -331,9 +342,10 @@ def test_a_replica_writes_what_another_claimed_and_never_confirmed(
     dead = Collecting(silent, acks=False)  # claims, never confirms: a replica that died
     alive = Collecting(confirming, acks=True)
     silent.start(dead)
-    confirming.start(alive)
     try:
-        poll(lambda: dead.attached and alive.attached, 10, what="both subscribed")
+        poll(lambda: silent.leading, 10, what="the silent replica leading")
+        confirming.start(alive)
+        poll(lambda: alive.attached, 10, what="the other subscribed")
         client = redis.Redis.from_url(redis_url)
         channel = subscription(names.exchange, int(redis_url.rsplit("/", 1)[1]), TransportOptions())
         bodies = [

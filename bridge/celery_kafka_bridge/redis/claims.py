@@ -1,11 +1,12 @@
 """Which replica writes each event, agreed through Redis itself.
 
-Every replica receives every publish. Each tries to claim the message (``SET key replica NX PX
-ttl``); the one that wins writes it to Kafka and, once Kafka confirmed it, marks it done
-(``SET key done PX 4*ttl``). The others keep the message on standby until the claim could have
-expired: done, they forget it; the claim gone unconfirmed (its holder died or lost Redis), they
-claim it themselves and write it. So each event is normally written once, and a replica's death
-loses nothing that another replica received. One round trip per batch for each step.
+Every replica receives every publish. One replica holds the lease (`Lease`) and claims each
+message as it arrives (``SET key replica NX PX ttl``), writes it to Kafka and, once Kafka confirmed
+it, marks it done (``SET key done PX 4*ttl``). The others keep every message on standby until a
+claim could have expired: done, they forget it; unclaimed or the claim gone unconfirmed (the
+leaseholder died or lost Redis), they claim it themselves and write it. So each event is normally
+written once, by one replica in the order Redis delivered it, and a replica's death loses nothing
+that another replica received. One round trip per batch for each step.
 """
 
 from __future__ import annotations
@@ -29,6 +30,44 @@ class State(Enum):
     FREE = "free"
     """Claimed by nobody: the claim expired unconfirmed."""
     HELD = "held"
+
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class Lease:
+    """Which replica claims messages as they arrive: the one holding the lease key."""
+
+    def __init__(self, client: Any, namespace: str, replica: str, ttl_seconds: float) -> None:
+        self._client = client
+        self._key = f"{namespace}/leaseholder"
+        self._replica = replica
+        self._ttl_ms = max(1, int(ttl_seconds * 1000))
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def hold(self) -> bool:
+        """Renew the lease if this replica holds it, else take it if free; whether it holds it
+        now (also after a reconnection, while its lease has not expired)."""
+        key, replica = self._key, self._replica
+        return bool(self._renew(keys=[key], args=[replica, self._ttl_ms])) or bool(
+            self._client.set(key, replica, nx=True, px=self._ttl_ms)
+        )
+
+    def release(self) -> None:
+        """Give the lease up (stopping), so another replica takes it at once."""
+        self._release(keys=[self._key], args=[self._replica])
 
 
 class Claims:

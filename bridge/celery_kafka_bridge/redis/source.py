@@ -1,6 +1,6 @@
-"""The Redis source: subscribes to Celery's event channel on its own thread, claims each message
-for this replica (`claims`), hands the claimed ones to the event loop, and confirms them once
-Kafka has them.
+"""The Redis source: subscribes to Celery's event channel on its own thread; while it holds the
+lease it claims each message (`claims`), hands the claimed ones to the event loop and confirms them
+once Kafka has them; the others it keeps on standby and writes if nobody confirmed them.
 
 Pub/sub keeps nothing: what is published while no replica is subscribed is gone, and so are the
 messages a replica had received but not yet handed on when it died, unless another replica was
@@ -22,7 +22,7 @@ import redis
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.logs import mask_credentials
 from celery_kafka_bridge.redis.channels import envelope, message_id, subscription
-from celery_kafka_bridge.redis.claims import Claims, Standby, State
+from celery_kafka_bridge.redis.claims import Claims, Lease, Standby, State
 from celery_kafka_bridge.redis.gaps import HeartbeatGaps
 from celery_kafka_bridge.source import Delivery, SourceThread
 
@@ -48,7 +48,8 @@ class RedisCounts:
 
 
 class RedisSource(SourceThread):
-    """Every replica subscribes; each message is written by the replica that claims it."""
+    """Every replica subscribes; the leaseholder claims and writes each message, the others
+    write what it never confirmed."""
 
     kind = "redis"
     _connect_errors = _ERRORS
@@ -65,6 +66,7 @@ class RedisSource(SourceThread):
         self.counts = RedisCounts()
         self.gaps = HeartbeatGaps(self._namespace)
         self._client: Any = None
+        self.leading = False
         super().__init__(config.broker_url)
 
     def metrics(self) -> dict[str, tuple[str, float]]:
@@ -82,6 +84,11 @@ class RedisSource(SourceThread):
             "redis_messages_taken_over_total": (
                 "Messages another replica claimed and never confirmed, written by this one.",
                 counts.taken_over,
+            ),
+            "redis_leaseholder": (
+                "1 while this replica holds the lease: it claims and writes messages as they "
+                "arrive; the others write what it never confirmed.",
+                int(self.leading),
             ),
             "redis_messages_standby": (
                 "Messages another replica claimed, kept until it confirms them or its claim "
@@ -113,7 +120,10 @@ class RedisSource(SourceThread):
         conn.close()
 
     def _session(self, client: Any) -> None:
-        claims = Claims(client, self._namespace, self.replica, self._config.redis_claim_seconds)
+        ttl = self._config.redis_claim_seconds
+        claims = Claims(client, self._namespace, self.replica, ttl)
+        lease = Lease(client, self._namespace, self.replica, ttl)
+        self.leading = lease.hold()
         self._client = client
         db = int(client.connection_pool.connection_kwargs.get("db", 0))
         channel = subscription(self._config.event_exchange, db, self._config.transport_options)
@@ -135,7 +145,8 @@ class RedisSource(SourceThread):
             while True:
                 if consuming and self._stop_consuming.is_set():
                     self._unsubscribe(pubsub, claims)
-                    consuming = False
+                    lease.release()
+                    self.leading = consuming = False
                     log.info("redis unsubscribed; confirming the last writes")
                 self._confirm(claims)
                 if self._closed.is_set():
@@ -146,6 +157,7 @@ class RedisSource(SourceThread):
                     self._sleep(_POLL_SECONDS)
                 now = time.monotonic()
                 if consuming and now >= next_standby_check:
+                    self.leading = lease.hold()
                     self._take_over(claims, now)
                     next_standby_check = now + _STANDBY_CHECK_SECONDS
         finally:
@@ -176,7 +188,8 @@ class RedisSource(SourceThread):
         self._received += len(received)
         ids = [message_id(data) for _, data, _ in received]
         now = time.monotonic()
-        for won, mid, item in zip(claims.claim(ids), ids, received, strict=True):
+        won_claims = claims.claim(ids) if self.leading else [False] * len(ids)
+        for won, mid, item in zip(won_claims, ids, received, strict=True):
             if won:
                 self._deliver(mid, item, redelivered=False)
             else:
