@@ -195,7 +195,31 @@ def test_events_published_on_redis_are_records_and_garbage_is_a_dead_letter(
     (dead,) = read_topic(kafka.bootstrap_servers, names.dlq_topic, until=bool, timeout=30, idle=0.5)
     assert (record.value, record.key) == (body, b"u1")
     assert record.headers["event_id"].decode() == event_id(orjson.loads(body))
+    assert "source" not in record.headers, "one broker URL: no source header"
     assert dead.value == b"\x80garbage"
+
+
+def test_a_cut_redis_connection_is_reconnected_and_the_stream_goes_on(
+    names: Names, kafka: EmbeddedKafka, redis_url: str, start_bridge: BridgeFactory
+) -> None:
+    bridge = start_bridge(BRIDGE_BROKER_URL=redis_url)
+    client = redis.Redis.from_url(redis_url)
+    (subscriber,) = [
+        c
+        for c in client.client_list()
+        if c["name"].startswith("celery-kafka-bridge:") and c["cmd"] in ("psubscribe", "subscribe")
+    ]
+    client.client_kill_filter(_id=subscriber["id"])
+    poll(lambda: bridge.log().count("redis subscribed") == 2, 30, what="subscribed again")
+    assert "redis disconnected" in bridge.log()
+    channel = subscription(names.exchange, int(redis_url.rsplit("/", 1)[1]), TransportOptions())
+    body = b'{"type": "task-started", "uuid": "u2", "hostname": "w@h"}'
+    client.publish(
+        channel.name.removesuffix("*") + "task.started", kombu_wrapper(body, "task.started")
+    )
+    client.close()
+    (record,) = read_topic(kafka.bootstrap_servers, names.topic, until=bool, timeout=30, idle=0.5)
+    assert record.value == body
 
 
 @pytest.fixture

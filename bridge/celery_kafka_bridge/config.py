@@ -207,8 +207,9 @@ class Config(BaseSettings):
     redis_claim_seconds: float = Field(
         5.0,
         gt=0,
-        description="Redis only: how long a replica's claim on an event lasts before the other "
-        "replicas write it themselves (longer than a Kafka write takes).",
+        description="Redis only: how long a replica's claim on an event (and its lease on "
+        "claiming) lasts before the other replicas write it themselves (longer than a Kafka "
+        "write takes).",
     )
 
     @field_validator("topic", "dlq_topic")

@@ -108,7 +108,11 @@ class RedisSource(SourceThread):
 
     def _connect(self) -> Any:
         client = redis.Redis.from_url(
-            self._url, socket_connect_timeout=10, socket_timeout=30, health_check_interval=0
+            self._url,
+            socket_connect_timeout=10,
+            socket_timeout=30,
+            health_check_interval=0,
+            client_name=f"celery-kafka-bridge:{self.replica}",  # CLIENT LIST tells replicas apart
         )
         client.ping()
         return client
