@@ -46,6 +46,23 @@ return 0
 """
 
 
+_CLAIM = """
+local won = {}
+for i, key in ipairs(KEYS) do
+    won[i] = redis.call('set', key, ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+end
+return won
+"""
+_CONFIRM = """
+for _, key in ipairs(KEYS) do
+    redis.call('set', key, ARGV[1], 'PX', ARGV[2])
+end
+return 0
+"""
+"""One script call per batch instead of a pipeline of SETs: a quarter of the bridge's CPU per
+message (bench/redis.py measures it)."""
+
+
 class Lease:
     """Which replica claims messages as they arrive: the one holding the lease key."""
 
@@ -78,20 +95,18 @@ class Claims:
         self._prefix = f"{namespace}/claim/".encode()
         self._replica = replica.encode()
         self.ttl_ms = max(1, int(ttl_seconds * 1000))
+        self._claim = client.register_script(_CLAIM)
+        self._confirm = client.register_script(_CONFIRM)
 
     def claim(self, ids: Sequence[bytes]) -> list[bool]:
         """Try to claim each message; True where this replica won it."""
-        pipe = self._client.pipeline(transaction=False)
-        for message_id in ids:
-            pipe.set(self._prefix + message_id, self._replica, nx=True, px=self.ttl_ms)
-        return [bool(won) for won in pipe.execute()]
+        keys = [self._prefix + message_id for message_id in ids]
+        return [bool(won) for won in self._claim(keys=keys, args=[self._replica, self.ttl_ms])]
 
     def confirm(self, ids: Sequence[bytes]) -> None:
         """Kafka has these messages: no other replica writes them."""
-        pipe = self._client.pipeline(transaction=False)
-        for message_id in ids:
-            pipe.set(self._prefix + message_id, DONE, px=self.ttl_ms * _DONE_TTL_FACTOR)
-        pipe.execute()
+        keys = [self._prefix + message_id for message_id in ids]
+        self._confirm(keys=keys, args=[DONE, self.ttl_ms * _DONE_TTL_FACTOR])
 
     def states(self, ids: Sequence[bytes]) -> list[State]:
         values = self._client.mget([self._prefix + message_id for message_id in ids])
