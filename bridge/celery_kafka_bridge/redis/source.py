@@ -202,10 +202,14 @@ class RedisSource(SourceThread):
         self._hand_off()
 
     def _take_over(self, claims: Claims, now: float) -> None:
-        """Write what another replica claimed and never confirmed."""
+        """Write what the leaseholder never confirmed, a batch (one script call) at a time."""
         due = self._standby.due(now)
-        if not due:
-            return
+        for start in range(0, len(due), _MAX_BATCH):
+            self._take_over_batch(claims, due[start : start + _MAX_BATCH], now)
+
+    def _take_over_batch(
+        self, claims: Claims, due: list[tuple[bytes, _Received]], now: float
+    ) -> None:
         free = []
         for (mid, item), state in zip(due, claims.states([mid for mid, _ in due]), strict=True):
             if state is State.FREE:
