@@ -59,7 +59,7 @@ def run_topology(setup: Setup, topology: str, tasks: int) -> Ordering:
                 started = time.monotonic()
                 sent = set(send_tasks(name, task_queue, tasks, TASKS_PER_SECOND))
                 records = read_topic(
-                    setup.kafka, config.topic, until=_all_succeeded(sent), timeout=tasks / 10 + 120
+                    setup.kafka, config.topic, until=all_succeeded(sent), timeout=tasks / 10 + 120
                 )
                 seconds = time.monotonic() - started
             finally:
@@ -70,7 +70,7 @@ def run_topology(setup: Setup, topology: str, tasks: int) -> Ordering:
     return Ordering(topology, tasks, report.records, report.inversions, round(seconds, 1))
 
 
-def _all_succeeded(task_ids: set[str]) -> Callable[[list[KafkaRecord]], bool]:
+def all_succeeded(task_ids: set[str]) -> Callable[[list[KafkaRecord]], bool]:
     """A reader's stop condition: every task's task-succeeded record is in (heartbeats keep
     the topic busy, so it never goes idle). Looks at each record once."""
     done: set[str] = set()

@@ -44,6 +44,12 @@ NOTES = (
     "Ordering: per topology, three replicas and a prefork worker run short tasks (plain, "
     "retrying, custom events) sent at 250/s; a task record out of order is one written before "
     "an earlier event of the same worker process (same hostname and pid, lower clock).",
+    "Redis: pub/sub keeps nothing, so each consumer subscribes and then the same messages "
+    "(wrapped as kombu's Redis transport publishes them, capped at 20 MB to stay within Redis's "
+    "pub/sub output buffer) are published by one pipelined client; the clock runs from the first "
+    "publish until every event was counted (r: a bare redis-py subscriber) or read from Kafka "
+    "(s: one replica, t: two replicas that claim each message). Ordering 'redis, 2 replicas': "
+    "two replicas and a real worker on Redis, inversions counted as for the AMQP topologies.",
     "Peak RSS: resident memory of each bridge process (and children), sampled every 50 ms, "
     "in MB (10^6 bytes).",
     "Measured on a shared 2-core machine with RabbitMQ, Tansu, the load generator and other "
@@ -67,7 +73,12 @@ class Report:
                 return round(rate[top] / rate[bottom], 3)
             return None
 
-        return {"c/a": ratio("c", "a"), "c/b": ratio("c", "b"), "d/c": ratio("d", "c")}
+        pairs = ("c/a", "c/b", "d/c", "s/r", "t/s")
+        return {
+            pair: value
+            for pair in pairs
+            if (value := ratio(*pair.split("/"))) is not None or pair[0] in "cd"
+        }
 
     def targets(self) -> dict[str, dict[str, Any]]:
         ratio = self.ratios()["c/a"]
@@ -122,6 +133,12 @@ class Report:
             )
         ratios = ", ".join(f"{k} = {v}" for k, v in self.ratios().items() if v is not None)
         lines += ["", f"Ratios: {ratios}.", ""]
+        if "claim_us_per_message" in meta:
+            lines += [
+                f"Redis claims: {meta['claim_us_per_message']} us per message and replica "
+                "(claim and confirmation, one round trip per 512 messages each).",
+                "",
+            ]
         if self.latencies:
             lines += [
                 "| rate (events/s) | achieved | to send p50/p95/p99/max (ms) "

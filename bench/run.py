@@ -21,6 +21,7 @@ from bench.drains import Drain, Setup
 from bench.latency import run_rates
 from bench.ordering import run_topologies
 from bench.queues import Rabbit, event_count, generate
+from bench.redis import run_redis
 from bench.report import Report
 from celery_kafka_bridge.embedded import EmbeddedKafka
 
@@ -135,6 +136,12 @@ def throughput(setup: Setup, which: str) -> list[Drain]:
     help="Which throughput drains to run, e.g. 'ac' (empty: none).",
 )
 @click.option(
+    "--redis/--no-redis",
+    default=True,
+    show_default=True,
+    help="Also drain the stream through the Redis source (local Redis, db 10-15).",
+)
+@click.option(
     "--queue-type",
     type=click.Choice(["quorum", "classic"]),
     default="quorum",
@@ -153,6 +160,7 @@ def main(
     kafka: str | None,
     queue_type: str,
     which: str,
+    redis: bool,
 ) -> None:
     """Drain N events four ways, then time events through the bridge at fixed rates."""
     if quick:
@@ -163,6 +171,7 @@ def main(
     workdir = out / "logs"
     workdir.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    meta: dict[str, object] = {}
     rabbit = Rabbit(amqp_url)
     try:
         click.echo(f"generating {events:,} events through Celery's dispatcher")
@@ -180,9 +189,15 @@ def main(
             latencies = run_rates(setup, rate_list, rate_seconds)
             click.echo(f"ordering: {ordering_tasks:,} tasks per topology, three replicas")
             orderings = run_topologies(setup, ordering_tasks)
+            if redis:
+                click.echo("redis: a bare subscriber, the bridge x1 and x2, claims, ordering")
+                redis_run = run_redis(setup, ordering_tasks)
+                drained += redis_run.drains
+                orderings += redis_run.orderings
+                meta["claim_us_per_message"] = round(redis_run.claim_us, 2)
         finally:
             clean_up(amqp_url, prefix, len(rate_list))
-    meta = {
+    meta |= {
         "started": started,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",

@@ -75,7 +75,16 @@ def new_vhost(name: str) -> Iterator[str]:
         )
         yield vhost_url(name)
     finally:
+        delete_vhost(name)
+
+
+def delete_vhost(name: str) -> None:
+    """Delete a vhost and everything in it (its connections are closed); gone already is fine."""
+    try:
         management("DELETE", f"vhosts/{quote(name, safe='')}")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
 
 
 @contextlib.contextmanager
@@ -183,6 +192,10 @@ def bridge_env(names: Names, bootstrap: str, **overrides: str) -> dict[str, str]
     return env
 
 
+_CONSUMING = ("amqp consuming", "redis subscribed")
+"""Log lines saying a replica consumes: its AMQP queue, or its Redis channel."""
+
+
 class BridgeProcess:
     """A bridge replica as a real process (`python -m celery_kafka_bridge run`): killable."""
 
@@ -251,7 +264,7 @@ class BridgeProcess:
     def wait_until_consuming(self, timeout: float = 30.0) -> BridgeProcess:
         """Block until the replica consumes its queue; fail if it died first."""
         poll(
-            lambda: "amqp consuming" in self.log() or not self.alive(),
+            lambda: any(line in self.log() for line in _CONSUMING) or not self.alive(),
             timeout,
             what="the bridge to consume",
         )
@@ -544,9 +557,11 @@ def sent_event_ids(messages: Iterable[amqp.Message]) -> set[str]:
     return {event_id(e) for e in events_of(messages)}
 
 
-def send_tasks(exchange: str, task_queue: str, count: int, per_second: float) -> list[str]:
+def send_tasks(
+    exchange: str, task_queue: str, count: int, per_second: float, broker_url: str | None = None
+) -> list[str]:
     """Short tasks from a real client, paced: plain, retrying and custom-event ones."""
-    app = Celery(broker=amqp_url(), set_as_current=False)
+    app = Celery(broker=broker_url or amqp_url(), set_as_current=False)
     app.conf.update(event_exchange=exchange, task_default_queue=task_queue)
     ids = []
     started = time.monotonic()
@@ -579,14 +594,16 @@ def start_worker(
     hostname: str,
     events: bool = True,
     control_exchange: str = "celery",
+    broker_url: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """A real Celery worker (prefork, 2 processes) of `tests.celery_app`, once it is ready.
 
-    ``events``: the -E flag (task events); ``control_exchange``: where it takes commands.
+    ``events``: the -E flag (task events); ``control_exchange``: where it takes commands;
+    ``broker_url``: the test's RabbitMQ vhost unless given.
     """
     env = {
         **os.environ,
-        "TEST_BROKER_URL": amqp_url(),
+        "TEST_BROKER_URL": broker_url or amqp_url(),
         "TEST_EVENT_EXCHANGE": exchange,
         "TEST_TASK_QUEUE": task_queue,
         "TEST_CONTROL_EXCHANGE": control_exchange,

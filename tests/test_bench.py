@@ -39,12 +39,14 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
 
     report = json.loads((tmp_path / "results.json").read_text())
     drains = {d["name"]: d for d in report["throughput"]}
-    assert sorted(drains) == ["a", "b", "c", "d"]
-    assert all(d["events"] == report["meta"]["events"] >= 2000 for d in drains.values())
+    assert sorted(drains) == ["a", "b", "c", "d", "r", "s", "t"]
+    assert all(drains[d]["events"] == report["meta"]["events"] >= 2000 for d in "abcd")
+    assert drains["s"]["kafka_records"] >= drains["s"]["events"] == drains["r"]["events"] > 0
     assert all(d["events_per_second"] > 0 for d in drains.values())
     assert drains["c"]["kafka_records"] >= report["meta"]["events"]
     assert drains["c"]["peak_rss_mb"] > 0
-    assert set(report["ratios"]) == {"c/a", "c/b", "d/c"}
+    assert set(report["ratios"]) == {"c/a", "c/b", "d/c", "s/r", "t/s"}
+    assert report["meta"]["claim_us_per_message"] > 0
     (latency,) = report["latency"]
     assert latency["rate"] == 200
     assert latency["received"] >= latency["sent"] == 400
@@ -54,7 +56,13 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     assert 0 < to_ack["p50"] <= to_ack["p95"] <= to_ack["p99"] <= to_ack["max"]
     assert len(report["targets"]) == 5
     orderings = {o["topology"]: o for o in report["ordering"]}
-    assert sorted(orderings) == ["competing", "ordered", "sharded"]
+    assert sorted(orderings) == [
+        "competing",
+        "ordered",
+        "redis, 1 replica",
+        "redis, 2 replicas",
+        "sharded",
+    ]
     assert all(o["records"] >= 3 * 20 for o in orderings.values()), "every task's records read"
     assert orderings["ordered"]["inversions"] == 0
 

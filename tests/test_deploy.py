@@ -27,7 +27,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from celery_kafka_bridge.cli import main as cli_main
-from celery_kafka_bridge.config import ENV_PREFIX, Config
+from celery_kafka_bridge.config import ENV_PREFIX, Config, canonical_name
 from harness.support import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -42,10 +42,13 @@ CUSTOM_RESOURCE_GROUPS = {"monitoring.coreos.com"}
 
 
 def unknown_settings(names: Iterable[str]) -> list[str]:
-    """The names that are not ``BRIDGE_<field>`` (or ``BRIDGE_<field>_FILE``) of `Config`."""
+    """The names that are not ``BRIDGE_<field>`` (or ``BRIDGE_<field>_FILE``) of `Config`, or
+    an older name of one."""
     unknown = []
     for name in names:
-        field_name = name.removeprefix(ENV_PREFIX).removesuffix(SECRET_SUFFIX).lower()
+        field_name = canonical_name(
+            name.removeprefix(ENV_PREFIX).removesuffix(SECRET_SUFFIX).lower()
+        )
         if not name.startswith(ENV_PREFIX) or field_name not in Config.model_fields:
             unknown.append(name)
     return unknown

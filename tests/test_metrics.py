@@ -7,12 +7,12 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
-from celery_kafka_bridge.amqp.source import Delivery
 from celery_kafka_bridge.codec import Envelope, EventRecord, Outcome
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from celery_kafka_bridge.kafka.batches import Listener
 from celery_kafka_bridge.metrics import MAX_LABELS, Metrics
 from celery_kafka_bridge.pipeline import Pipeline
+from celery_kafka_bridge.source import Delivery
 from celery_kafka_bridge.workers import WorkerActivity
 from harness.support import Names, Rabbit, poll, publish_events
 from tests.conftest import BridgeFactory

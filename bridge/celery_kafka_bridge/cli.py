@@ -18,6 +18,7 @@ from celery_kafka_bridge.options import setting_options
 from celery_kafka_bridge.reader.commands import COMMANDS
 from celery_kafka_bridge.runner import run_bridge
 from celery_kafka_bridge.schemas import schema_names, schema_text
+from celery_kafka_bridge.sources import sources_of
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,9 @@ config_options = setting_options(*Config.model_fields)
 def load_config(flags: dict[str, Any]) -> Config:
     """Settings from the environment and the flags given; exit 2 with one line if invalid."""
     try:
-        return Config.from_flags(flags)
+        config = Config.from_flags(flags)
+        sources_of(config)  # a bad sources file fails here, as a bad variable does
+        return config
     except ConfigError as exc:
         click.echo(f"celery-kafka-bridge: {exc}", err=True)
         sys.exit(2)
@@ -42,7 +45,7 @@ def main() -> None:
 @main.command()
 @config_options
 def run(**flags: Any) -> None:
-    """Drain Celery's events from RabbitMQ into Kafka until SIGTERM/SIGINT."""
+    """Drain Celery's events from RabbitMQ or Redis into Kafka until SIGTERM/SIGINT."""
     config = load_config(flags)
     setup_logging(config.log_level, config.log_format)
     heap.freeze_startup_heap()

@@ -9,11 +9,21 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
+import orjson
+from pydantic import (
+    AliasChoices,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from celery_kafka_bridge.errors import ConfigError
 from celery_kafka_bridge.logs import mask_credentials
+from celery_kafka_bridge.redis.options import TransportOptions
 
 ENV_PREFIX = "BRIDGE_"
 THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
@@ -33,17 +43,30 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogFormat = Literal["auto", "json", "text"]
 CloudEventsMode = Literal["off", "binary"]
+BrokerKind = Literal["amqp", "redis"]
+
+_AMQP_SCHEMES = {"amqp", "amqps", "pyamqp"}
+_REDIS_SCHEMES = {"redis", "rediss"}
+ALIASES = {"broker_url": ("amqp_url",)}
+"""Older names a setting is also read from (variable, flag, keyword)."""
 
 
 class Config(BaseSettings):
     """Every setting of the bridge; each is also a ``BRIDGE_<NAME>`` variable and a CLI flag."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        populate_by_name=True,
     )
 
-    amqp_url: str = Field(
-        "amqp://guest:guest@localhost:5672//", description="RabbitMQ URL the workers publish to."
+    broker_url: str = Field(
+        "amqp://guest:guest@localhost:5672//",
+        validation_alias=AliasChoices(f"{ENV_PREFIX}BROKER_URL", f"{ENV_PREFIX}AMQP_URL"),
+        description="Broker URL the workers publish to: amqp(s):// for RabbitMQ, redis(s):// "
+        "for Redis (also read from BRIDGE_AMQP_URL).",
     )
     kafka_bootstrap_servers: str = Field(
         "localhost:9092", description="Comma-separated Kafka brokers (host:port)."
@@ -207,6 +230,24 @@ class Config(BaseSettings):
         description="Warn when workers work but send no task event for this long.",
     )
 
+    broker_transport_options: str = Field(
+        "{}",
+        description="Redis only: the workers' broker_transport_options as JSON; fanout_prefix, "
+        "fanout_patterns and global_keyprefix name the channels events are published on.",
+    )
+    sources_file: FilePath | None = Field(
+        None,
+        description="YAML file listing several sources (name, broker_url, and optionally "
+        "node_id, topology, topic), each consumed on its own; replaces BRIDGE_BROKER_URL.",
+    )
+    redis_claim_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Redis only: how long a replica's claim on an event (and its lease on "
+        "claiming) lasts before the other replicas write it themselves (longer than a Kafka "
+        "write takes).",
+    )
+
     @field_validator("topic", "dlq_topic")
     @classmethod
     def _valid_topic(cls, value: str) -> str:
@@ -230,14 +271,37 @@ class Config(BaseSettings):
                 raise ValueError(f"{key} has a setting of its own: {own}")
         return value
 
-    @field_validator("amqp_url")
+    @field_validator("broker_url")
     @classmethod
-    def _valid_amqp_url(cls, value: str) -> str:
+    def _valid_broker_url(cls, value: str) -> str:
         url = urlsplit(value)
-        if url.scheme not in {"amqp", "amqps", "pyamqp"}:
-            raise ValueError("must be an amqp:// or amqps:// URL")
+        if url.scheme not in _AMQP_SCHEMES | _REDIS_SCHEMES:
+            raise ValueError("must be an amqp://, amqps://, redis:// or rediss:// URL")
         url.port  # noqa: B018 - raises ValueError for a port that is not a number in range
         return value
+
+    @field_validator("broker_transport_options")
+    @classmethod
+    def _valid_transport_options(cls, value: str) -> str:
+        try:
+            TransportOptions.model_validate(orjson.loads(value))
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc}") from exc
+        return value
+
+    @property
+    def amqp_url(self) -> str:
+        """The broker URL, under the name the AMQP side uses."""
+        return self.broker_url
+
+    @property
+    def broker_kind(self) -> BrokerKind:
+        """Which source reads the broker: RabbitMQ's queue or Redis pub/sub."""
+        return "redis" if urlsplit(self.broker_url).scheme in _REDIS_SCHEMES else "amqp"
+
+    @property
+    def transport_options(self) -> TransportOptions:
+        return TransportOptions.model_validate(orjson.loads(self.broker_transport_options))
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -320,7 +384,7 @@ class Config(BaseSettings):
             raise ValueError(f"{p}DELIVERY_LIMIT needs {p}QUEUE_TYPE=quorum")
         amqp_tls = (self.amqp_ssl_cafile, self.amqp_ssl_certfile, self.amqp_ssl_keyfile)
         if any(amqp_tls) and urlsplit(self.amqp_url).scheme != "amqps":
-            raise ValueError(f"{p}AMQP_SSL_* settings need an amqps:// {p}AMQP_URL")
+            raise ValueError(f"{p}AMQP_SSL_* settings need an amqps:// {p}BROKER_URL")
         if self.kafka_security_protocol.startswith("SASL") and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
@@ -345,7 +409,7 @@ class Config(BaseSettings):
     def load(cls, **overrides: Any) -> Config:
         """Build from flags, ``BRIDGE_*`` and ``BRIDGE_*_FILE`` variables; raise `ConfigError`."""
         try:
-            return cls(**{**secret_files(os.environ), **overrides})
+            return cls(**_canonical_names({**secret_files(os.environ), **overrides}))
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from exc
 
@@ -353,6 +417,20 @@ class Config(BaseSettings):
     def from_flags(cls, flags: Mapping[str, Any]) -> Config:
         """`load` with the command-line flags that were given (click passes None for the rest)."""
         return cls.load(**{name: value for name, value in flags.items() if value is not None})
+
+
+def _canonical_names(values: dict[str, Any]) -> dict[str, Any]:
+    """Keyword settings under their current names (`ALIASES`)."""
+    for name, aliases in ALIASES.items():
+        for alias in aliases:
+            if alias in values:
+                values.setdefault(name, values.pop(alias))
+    return values
+
+
+def canonical_name(name: str) -> str:
+    """The setting an (old) name stands for."""
+    return next((field for field, old in ALIASES.items() if name in old), name)
 
 
 def split_servers(servers: str) -> list[str]:
@@ -375,12 +453,14 @@ def secret_files(environ: Mapping[str, str]) -> dict[str, str]:
     """Settings read from the files named by ``BRIDGE_<NAME>_FILE`` (Docker/Kubernetes secrets)."""
     values: dict[str, str] = {}
     for variable, path in environ.items():
-        name = variable.removeprefix(ENV_PREFIX).removesuffix("_FILE").lower()
+        name = canonical_name(variable.removeprefix(ENV_PREFIX).removesuffix("_FILE").lower())
         if not (variable.startswith(ENV_PREFIX) and variable.endswith("_FILE")):
             continue
+        if variable.removeprefix(ENV_PREFIX).lower() in Config.model_fields:
+            continue  # a setting of its own (BRIDGE_SOURCES_FILE), not a secret's file
         if name not in Config.model_fields:
             raise ConfigError(f"invalid setting {variable}: no setting {ENV_PREFIX}{name.upper()}")
-        if f"{ENV_PREFIX}{name.upper()}" in environ:
+        if {f"{ENV_PREFIX}{n.upper()}" for n in (name, *ALIASES.get(name, ()))} & environ.keys():
             raise ConfigError(f"invalid setting {variable}: {ENV_PREFIX}{name.upper()} is also set")
         try:
             values[name] = Path(path).read_text().strip()
@@ -397,4 +477,15 @@ def describe_validation_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     if not error["loc"]:
         return f"invalid settings: {error.get('ctx', {}).get('error', error['msg'])}"
-    return f"invalid setting {ENV_PREFIX}{str(error['loc'][0]).upper()}: {error['msg']}"
+    name = canonical_name(str(error["loc"][0]).lower().removeprefix(ENV_PREFIX.lower()))
+    return f"invalid setting {_variable(name)}: {error['msg']}"
+
+
+def _variable(name: str) -> str:
+    """The variable of a setting, under the older name if only that one is set."""
+    variable = f"{ENV_PREFIX}{name.upper()}"
+    for alias in ALIASES.get(name, ()):
+        old = f"{ENV_PREFIX}{alias.upper()}"
+        if old in os.environ and variable not in os.environ:
+            return old
+    return variable

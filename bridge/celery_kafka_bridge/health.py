@@ -18,6 +18,7 @@ from celery_kafka_bridge.amqp.queues import QueueDepth
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.logs import describe
 from celery_kafka_bridge.metrics import Metrics
+from celery_kafka_bridge.sources import Source
 from celery_kafka_bridge.tls import kafka_security
 
 log = logging.getLogger(__name__)
@@ -32,26 +33,39 @@ QUEUE_POLL_INTERVAL = 5.0
 class Health:
     """What the bridge knows about both sides; the source of /readyz and the state metrics."""
 
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    def __init__(self, config: Config, metrics: Metrics, sources: list[Source]) -> None:
         self._config = config
         self._metrics = metrics
-        self.amqp_attached = asyncio.Event()
+        self._named = sources[0].name is not None
+        self._kinds = {source.label: source.config.broker_kind for source in sources}
+        self._sources = dict.fromkeys(self._kinds, "not attached")
+        """Each source's state: attached, or why not."""
+        self.source_attached = asyncio.Event()
+        """Set while any source consumes."""
         self.draining = False
         self._kafka_answered_at: float | None = None
         self._kafka_error = "not probed yet"
         self._kafka_denied: str | None = None
         self._topics_short: str | None = None
         self._ready = False
-        metrics.connection_up.labels("amqp").set(0)
-        metrics.connection_up.labels("kafka").set(0)
+        for kind in {*self._kinds.values(), "kafka"}:
+            metrics.connection_up.labels(kind).set(0)
+        for label in self._kinds:
+            metrics.source_up.labels(label).set(0)
 
-    def set_attached(self, attached: bool) -> None:
-        """The AMQP consumer was (de)registered on a channel."""
-        if attached:
-            self.amqp_attached.set()
+    def set_attached(self, attached: bool, source: str = "default", reason: str = "") -> None:
+        """The source is consuming (an AMQP consumer registered, Redis subscribed), or not
+        (``reason``: why, if known)."""
+        self._sources[source] = "attached" if attached else reason or "not attached"
+        up = {label for label, state in self._sources.items() if state == "attached"}
+        if up:
+            self.source_attached.set()
         else:
-            self.amqp_attached.clear()
-        self._metrics.connection_up.labels("amqp").set(int(attached))
+            self.source_attached.clear()
+        kind = self._kinds[source]
+        same_kind = [label for label, k in self._kinds.items() if k == kind]
+        self._metrics.connection_up.labels(kind).set(int(set(same_kind) <= up))
+        self._metrics.source_up.labels(source).set(int(attached))
         self._update()
 
     def set_kafka_denied(self, reason: str | None) -> None:
@@ -74,19 +88,19 @@ class Health:
         """Ready or not, and each check's state, from cached results only."""
         answered = self._kafka_answered_at
         kafka_ok = answered is not None and time.monotonic() - answered < STALE_AFTER
-        checks: dict[str, Any] = {
-            "amqp": "attached" if self.amqp_attached.is_set() else "not attached",
+        checks: dict[str, Any] = (
+            {"sources": dict(self._sources)}
+            if self._named
+            else {self._kinds["default"]: self._sources["default"]}
+        )
+        checks |= {
             "kafka": "ok" if kafka_ok else self._kafka_error,
             "kafka_writes": self._kafka_denied or "ok",
             "topics": self._topics_short or "ok",
             "draining": self.draining,
         }
-        ready = (
-            self.amqp_attached.is_set()
-            and kafka_ok
-            and not self._kafka_denied
-            and not self._topics_short
-        )
+        attached = all(state == "attached" for state in self._sources.values())
+        ready = attached and kafka_ok and not self._kafka_denied and not self._topics_short
         return ready and not self.draining, checks
 
     def _update(self) -> None:
@@ -98,9 +112,10 @@ class Health:
         if ready:
             log.info("ready", extra={"state": "ready"})
         else:
+            failing = {f"source {n}": v for n, v in checks.pop("sources", {}).items()}
             reasons = [
                 name if value is True else f"{name} {value}"
-                for name, value in checks.items()
+                for name, value in (checks | failing).items()
                 if value not in ("ok", "attached", False)
             ]
             log.warning("not ready: %s", ", ".join(reasons), extra={"state": "not_ready"})

@@ -87,6 +87,7 @@ class Metrics:
             "Kafka producers replaced because their state was lost or they stopped answering.",
             **metric,
         )
+        self._in_flight_reads: list[Callable[[], int]] = []
         self.in_flight = Gauge(
             "in_flight_messages", "AMQP messages taken but not yet confirmed by Kafka.", **metric
         )
@@ -103,8 +104,15 @@ class Metrics:
         )
         self.connection_up = Gauge(
             "connection_up",
-            "1 while the side is connected: amqp consuming, kafka answering.",
+            "1 while the side is connected: the source (amqp or redis) consuming, kafka answering.",
             ["side"],
+            **metric,
+        )
+        self.source_up = Gauge(
+            "source_up",
+            "1 while the source consumes (one series per source of BRIDGE_SOURCES_FILE; "
+            "source=default without one).",
+            ["source"],
             **metric,
         )
         self.ready = Gauge("ready", "1 while /readyz reports ready.", **metric)
@@ -118,6 +126,8 @@ class Metrics:
         self.topic_audits = Counter(
             "topic_audits", "Audits of the topics' settings completed.", **metric
         )
+        self._counts = _CountsCollector()
+        self.registry.register(self._counts)
         self.silent_workers = Gauge(
             "silent_workers",
             "Workers whose heartbeats show work while they send no task events (no -E).",
@@ -137,8 +147,11 @@ class Metrics:
         )
 
     def watch_in_flight(self, read: Callable[[], int]) -> None:
-        """Read the in-flight count when scraped instead of on every change."""
-        self.in_flight.set_function(read)
+        """Read the in-flight count when scraped instead of on every change (the sum over the
+        sources' pipelines)."""
+        self._in_flight_reads.append(read)
+        reads = self._in_flight_reads
+        self.in_flight.set_function(lambda: sum(r() for r in reads))
 
     def message(self, redelivered: bool) -> None:
         self._messages.inc()
@@ -148,6 +161,12 @@ class Metrics:
     def export_workers(self, workers: WorkerActivity) -> None:
         """Export each worker's last-event time from ``workers`` when scraped."""
         self.registry.register(_LastSeenCollector(workers.last_seen))
+
+    def export_counts(self, source: str, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        """Export a source's own counters, labelled with its name, when scraped: ``read()``
+        maps each name (under the namespace) to its help and value; names ending in ``_total``
+        are counters."""
+        self._counts.sources.append((source, read))
 
     def consumed(self, record: EventRecord) -> None:
         self._consumed.inc(record.event_type)
@@ -247,3 +266,19 @@ class _LastSeenCollector(Collector):
         for hostname, seen in list(self._last_seen.items()):
             family.add_metric([hostname], seen)
         yield family
+
+
+class _CountsCollector(Collector):
+    def __init__(self) -> None:
+        self.sources: list[tuple[str, Callable[[], dict[str, tuple[str, float]]]]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for source, read in self.sources:
+            for name, (documentation, value) in read().items():
+                if name not in families:
+                    kind = CounterMetricFamily if name.endswith("_total") else GaugeMetricFamily
+                    full = f"{NAMESPACE}_{name.removesuffix('_total')}"
+                    families[name] = kind(full, documentation, labels=["source"])
+                families[name].add_metric([source], value)  # type: ignore[attr-defined]
+        yield from families.values()

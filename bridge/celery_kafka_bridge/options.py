@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from celery_kafka_bridge.config import ENV_PREFIX, Config
+from celery_kafka_bridge.config import ALIASES, ENV_PREFIX, Config
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
 
@@ -26,8 +26,10 @@ def setting_options(*names: str) -> Callable[[F], F]:
             choices = _literal_choices(field.annotation)
             if field.annotation is bool:
                 flag = f"{flag}/--no-{flag[2:]}"
+            old_flags = ["--" + alias.replace("_", "-") for alias in ALIASES.get(name, ())]
             option = click.option(
                 flag,
+                *old_flags,
                 name,
                 default=None,
                 help=help_text,

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from celery_kafka_bridge.acks import AckOp, AckTracker
-from celery_kafka_bridge.amqp.source import Delivery
 from celery_kafka_bridge.codec import DeadLetter, Outcome, decode, kafka_rejected
 from celery_kafka_bridge.kafka.batches import Listener
 from celery_kafka_bridge.kafka.errors import RETRIABLE, TOO_LARGE, Kind, missing_permission
 from celery_kafka_bridge.logs import describe
 from celery_kafka_bridge.metrics import Metrics
 from celery_kafka_bridge.retry import retried
+from celery_kafka_bridge.source import Delivery
 from celery_kafka_bridge.workers import WorkerActivity
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""The bridge's lifecycle: start Kafka, consume AMQP, drain on SIGTERM/SIGINT."""
+"""The bridge's lifecycle: start Kafka, consume each source (a RabbitMQ queue or Redis pub/sub)
+in a lane of its own, drain on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -7,78 +8,55 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from celery_kafka_bridge import http
-from celery_kafka_bridge.amqp.source import AmqpSource, Delivery
-from celery_kafka_bridge.amqp.topology import topology_for
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.health import Health
-from celery_kafka_bridge.kafka.errors import RETRIABLE
-from celery_kafka_bridge.kafka.sink import KafkaSink
-from celery_kafka_bridge.kafka.topics import Expectation, TopicAudit
+from celery_kafka_bridge.lane import Lane
+from celery_kafka_bridge.logs import describe
 from celery_kafka_bridge.metrics import Metrics
-from celery_kafka_bridge.pipeline import Pipeline
-from celery_kafka_bridge.retry import retried
+from celery_kafka_bridge.sources import Source, sources_of
 from celery_kafka_bridge.watchdog import Watchdog
 from celery_kafka_bridge.workers import WorkerActivity
 
 log = logging.getLogger(__name__)
 
-STATUS_INTERVAL_SECONDS = 30.0
-
-
-class _LoopListener:
-    """Carries what the source thread sees onto the event loop, in order."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, pipeline: Pipeline, health: Health) -> None:
-        self._loop = loop
-        self._pipeline = pipeline
-        self._health = health
-        self.fatal: asyncio.Future[None] = loop.create_future()
-
-    def on_attached(self, generation: int) -> None:
-        self._loop.call_soon_threadsafe(self._pipeline.attach, generation)
-        self._loop.call_soon_threadsafe(self._health.set_attached, True)
-
-    def on_detached(self, generation: int) -> None:
-        self._loop.call_soon_threadsafe(self._pipeline.detach, generation)
-        self._loop.call_soon_threadsafe(self._health.set_attached, False)
-
-    def on_deliveries(self, batch: list[Delivery]) -> None:
-        self._loop.call_soon_threadsafe(self._pipeline.accept, batch)
-
-    def on_fatal(self, exc: BaseException) -> None:
-        self._loop.call_soon_threadsafe(self._fail, exc)
-
-    def _fail(self, exc: BaseException) -> None:
-        if not self.fatal.done():
-            self.fatal.set_exception(exc)
-
 
 async def run_bridge(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set (or SIGTERM/SIGINT); raise what stopped it otherwise."""
+    """Run until ``stop`` is set (or SIGTERM/SIGINT); raise what stopped it otherwise.
+
+    With one source, its failure stops the bridge; with several (``BRIDGE_SOURCES_FILE``), a
+    failed source is reported unready and the others go on."""
+    sources = sources_of(config)
     metrics = Metrics()
     workers = WorkerActivity()
     metrics.export_workers(workers)
     loop = asyncio.get_running_loop()
     metrics.loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # scraped on the loop
-    health = Health(config, metrics)
-    async with _monitoring(config, metrics, health, workers):
-        await _run_bridge(config, stop, metrics, health, workers)
+    health = Health(config, metrics, sources)
+    async with _monitoring(config, sources, metrics, health, workers):
+        lanes = [Lane(source, metrics, health, workers) for source in sources]
+        await _run_bridge(config, lanes, health, stop or asyncio.Event())
 
 
 @contextlib.asynccontextmanager
 async def _monitoring(
-    config: Config, metrics: Metrics, health: Health, workers: WorkerActivity
+    config: Config,
+    sources: list[Source],
+    metrics: Metrics,
+    health: Health,
+    workers: WorkerActivity,
 ) -> AsyncIterator[None]:
     """HTTP endpoints, broker probes and the watchdog, from before Kafka connects to the end."""
     server = await http.serve(config.http_port, metrics, health) if config.http_port else None
+    # The queue depth gauges describe one AMQP queue: a single source's.
+    queue = len(sources) == 1 and sources[0].config.broker_kind == "amqp"
     tasks = asyncio.gather(
         health.probe_kafka(),
-        health.poll_queue(),
-        Watchdog(config, metrics, workers).run(health.amqp_attached),
+        Watchdog(sources[0].config, metrics, workers).run(health.source_attached),
+        *([health.poll_queue()] if queue else []),
     )
     try:
         yield
@@ -91,91 +69,65 @@ async def _monitoring(
 
 
 async def _run_bridge(
-    config: Config,
-    stop: asyncio.Event | None,
-    metrics: Metrics,
-    health: Health,
-    workers: WorkerActivity,
+    config: Config, lanes: list[Lane], health: Health, stop: asyncio.Event
 ) -> None:
     loop = asyncio.get_running_loop()
-    stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    sink = KafkaSink(config, on_producer_reset=metrics.producer_reset)
-    source = AmqpSource(config, topology_for(config))
-    audit = TopicAudit(
-        sink.topics.topics,
-        Expectation.from_config(config),
-        metrics.topic_setting_shortfall,
-        metrics.topic_audits,
-        _durability_gate(config, health, source),
-    )
-    if not await _until_stopped(_start_kafka(sink, audit), stop):
-        return
-    pipeline = Pipeline(
-        sink,
-        config.max_message_bytes,
-        source.post_acks,
-        source.batch_processed,
-        metrics=metrics,
-        workers=workers,
-        kafka_denied=health.set_kafka_denied,
-    )
-    listener = _LoopListener(loop, pipeline, health)
-    work = asyncio.gather(
-        pipeline.run(),
-        _status_lines(pipeline),
-        sink.topics.watch(),
-        sink.topics.audit(audit, config.topic_audit_seconds),
-    )
-    source.start(listener)
-    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-    watched: set[asyncio.Future[Any]] = {stopped, listener.fatal, work}
+    starting = [asyncio.ensure_future(lane.start()) for lane in lanes]
     try:
-        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        started = await _until_stopped(asyncio.gather(*starting), stop)
+    except BaseException:
+        for task in starting:  # a lane that failed to start stops the others' starts
+            task.cancel()
+        await _drain(config, lanes, health)
+        raise
+    if not started:
+        await _drain(config, lanes, health)
+        return
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    try:
+        failure = await _watch(lanes, stopped)
     finally:
         stopped.cancel()
-        deadline = time.monotonic() + config.shutdown_grace_seconds
-        health.set_draining()
-        log.info("draining: taking no new messages, waiting for kafka to confirm in-flight ones")
-        source.stop_consuming()
-        drained = await pipeline.drain(max(0.0, deadline - time.monotonic() - 1.0))
-        await loop.run_in_executor(None, source.close, max(0.5, deadline - time.monotonic()))
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
-                await sink.stop()
-        log.info("stopped: %s, drained=%s", pipeline.stats, drained)
-    if listener.fatal.done():
-        listener.fatal.result()
+        await _drain(config, lanes, health)
+    if failure is not None:
+        raise failure
 
 
-async def _start_kafka(sink: KafkaSink, audit: TopicAudit) -> None:
-    """Connect, create the missing topics, audit them once (before any message is taken)."""
-    await sink.start()
-    await retried("kafka topic audit", lambda: sink.topics.check(audit), RETRIABLE)
+async def _drain(config: Config, lanes: list[Lane], health: Health) -> None:
+    """Stop every lane that started, within the shutdown grace period."""
+    running = [lane for lane in lanes if lane.work is not None]
+    if not running:
+        return
+    deadline = time.monotonic() + config.shutdown_grace_seconds
+    health.set_draining()
+    log.info("draining: taking no new messages, waiting for kafka to confirm in-flight ones")
+    await asyncio.gather(*(lane.stop(deadline) for lane in running))
 
 
-def _durability_gate(
-    config: Config, health: Health, source: AmqpSource
-) -> Callable[[str | None], None]:
-    """What a topic short of the expected settings does: with BRIDGE_REQUIRE_DURABLE_TOPICS,
-    the bridge is unready and takes no messages until it is fixed; otherwise only the audit's
-    warnings and gauge tell."""
-
-    def on_change(reason: str | None) -> None:
-        if not config.require_durable_topics:
-            return
-        health.set_topics_short(reason)
-        source.hold(reason is not None)
-        if reason:
-            log.warning("holding: taking no messages until the topics are as expected")
-        else:
-            log.info("the topics are as expected: taking messages")
-
-    return on_change
+async def _watch(lanes: list[Lane], stopped: asyncio.Future[Any]) -> BaseException | None:
+    """Wait for the stop signal or a lane's failure. A lane's pipeline that ends, or the only
+    lane's source that fails, stops the bridge (returned); one failed source of several is left
+    failed (unready) while the others go on."""
+    fatal = {lane.listener.fatal: lane for lane in lanes}
+    watched: set[asyncio.Future[Any]] = {
+        stopped,
+        *fatal,
+        *(lane.work for lane in lanes if lane.work),
+    }
+    while True:
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        for future in done:
+            if future is stopped:
+                return None
+            lane = fatal.get(future)
+            if lane is None or len(lanes) == 1:
+                return future.exception()
+            log.error(
+                "source %s failed: %s; the others go on", lane.name, describe(future.exception())
+            )
+            watched.discard(future)
 
 
 async def _until_stopped(coro: Any, stop: asyncio.Event) -> bool:
@@ -191,9 +143,3 @@ async def _until_stopped(coro: Any, stop: asyncio.Event) -> bool:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return False
-
-
-async def _status_lines(pipeline: Pipeline) -> None:
-    while True:
-        await asyncio.sleep(STATUS_INTERVAL_SECONDS)
-        log.info("status: %s, %d in flight", pipeline.stats, pipeline.in_flight)

@@ -7,17 +7,12 @@ thread. Deliveries leave it in batches; acks come back to it in batches through 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from amqp.exceptions import PreconditionFailed
 from kombu.connection import Connection
-from tenacity import Retrying, retry_if_exception_type
 
-from celery_kafka_bridge.acks import AckOp
 from celery_kafka_bridge.amqp.frames import fast_frame_handler
 from celery_kafka_bridge.amqp.queues import close_quietly
 from celery_kafka_bridge.amqp.reads import BufferedTransport
@@ -30,8 +25,8 @@ from celery_kafka_bridge.amqp.topology import (
 from celery_kafka_bridge.codec import Envelope
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.errors import ConfigError
-from celery_kafka_bridge.logs import describe, mask_credentials
-from celery_kafka_bridge.retry import backoff_delay, backoff_policy
+from celery_kafka_bridge.logs import mask_credentials
+from celery_kafka_bridge.source import Delivery, SourceThread
 from celery_kafka_bridge.tls import amqp_ssl
 
 log = logging.getLogger(__name__)
@@ -42,141 +37,39 @@ is handed off anyway. While the loop is idle, a batch is handed off at once."""
 _POLL_SECONDS = 0.01
 """Idle wait between checks for acks to apply; bounds the ack latency."""
 _MAX_BATCH = 512
-_STABLE_SESSION_SECONDS = 5.0
 
 
-@dataclass(slots=True)
-class Delivery:
-    """One AMQP message; ``generation`` names the channel its delivery tag belongs to."""
+class AmqpSource(SourceThread):
+    """Consumes the bridge queue on its own thread, reconnecting with backoff; unacked messages
+    are redelivered by RabbitMQ."""
 
-    generation: int
-    tag: int
-    envelope: Envelope
-    redelivered: bool
-
-
-class SourceListener(Protocol):
-    """Receives what the source thread sees; each method is called on the source thread."""
-
-    def on_attached(self, generation: int) -> None: ...
-    def on_detached(self, generation: int) -> None: ...
-    def on_deliveries(self, batch: list[Delivery]) -> None: ...
-    def on_fatal(self, exc: BaseException) -> None: ...
-
-
-class AmqpSource:
-    """Consumes the bridge queue on its own thread, reconnecting with backoff."""
-
-    _listener: SourceListener
+    kind = "amqp"
 
     def __init__(self, config: Config, topology: Topology) -> None:
         self._config = config
         self._topology = topology
-        self._acks: deque[tuple[int, list[AckOp], int]] = deque()
-        self._closed = threading.Event()
-        self._stop_consuming = threading.Event()
-        self._held = threading.Event()
-        self._generation = 0
-        self._batch: list[Delivery] = []
-        self._handed_off = 0  # batches handed to the event loop (written by this thread only)
-        self._processed = 0  # of those, how many it has processed (written by the loop only)
         self._last_delivered = 0
         self._acked_through = 0  # every delivery up to this tag is acked (the ack tracker's)
-        self._thread = threading.Thread(target=self._run, name="amqp-source", daemon=True)
-
-    def start(self, listener: SourceListener) -> None:
-        """Connect and consume on the source thread, reporting to ``listener``."""
-        self._listener = listener
-        self._thread.start()
-
-    def stop_consuming(self) -> None:
-        """Take no new messages; acks are still applied until `close`."""
-        self._stop_consuming.set()
-
-    def hold(self, held: bool) -> None:
-        """Take no messages while held (thread-safe), e.g. while a topic is not durable enough:
-        the queue is declared and keeps what arrives; messages already taken are still acked."""
-        if held:
-            self._held.set()
-        else:
-            self._held.clear()
-
-    def batch_processed(self) -> None:
-        """The event loop is done with a handed-off batch (called on the loop thread)."""
-        self._processed += 1
-
-    def post_acks(self, generation: int, ops: list[AckOp], acked_through: int) -> None:
-        """Queue acks for the source thread (thread-safe); stale generations are dropped there.
-        ``acked_through``: every delivery up to this tag is acked once ``ops`` are applied."""
-        self._acks.append((generation, ops, acked_through))
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Apply the acks already posted, close the connection (unacked ones are redelivered)."""
-        self._closed.set()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        quick_failures = 0
-        try:
-            while not self._closed.is_set():
-                conn = self._connect()
-                if conn is None:
-                    return
-                started = time.monotonic()
-                wait = 0.0
-                self._last_delivered = 0
-                try:
-                    self._session(conn)
-                except (*conn.connection_errors, *conn.channel_errors) as exc:
-                    # A session that fails straight away would fail again: back off. One that
-                    # delivered messages worked (a cut connection): reconnect at once.
-                    quick = (
-                        not self._last_delivered
-                        and time.monotonic() - started < _STABLE_SESSION_SECONDS
-                    )
-                    quick_failures = quick_failures + 1 if quick else 0
-                    wait = backoff_delay(quick_failures) if quick else 0.0
-                    log.warning("amqp disconnected: %s; reconnecting in %.1fs", describe(exc), wait)
-                finally:
-                    self._batch = []  # unacked, so RabbitMQ redelivers them
-                    self._listener.on_detached(self._generation)
-                    close_quietly(conn)
-                self._sleep(wait)
-        except BaseException as exc:
-            self._listener.on_fatal(exc)
+        super().__init__(config.amqp_url)
 
     def _connect(self) -> Any:
-        retrying = Retrying(
-            retry=retry_if_exception_type(Exception),
-            stop=lambda _state: self._closed.is_set(),
-            sleep=self._sleep,
-            **backoff_policy(f"amqp connect to {mask_credentials(self._config.amqp_url)}"),
+        ssl = amqp_ssl(self._config)
+        conn = Connection(
+            self._config.amqp_url,
+            transport=None if ssl else BufferedTransport,
+            heartbeat=30,
+            connect_timeout=10,
+            ssl=ssl,
+            transport_options={"frame_handler": fast_frame_handler},
         )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    if self._closed.is_set():
-                        return None
-                    ssl = amqp_ssl(self._config)
-                    conn = Connection(
-                        self._config.amqp_url,
-                        transport=None if ssl else BufferedTransport,
-                        heartbeat=30,
-                        connect_timeout=10,
-                        ssl=ssl,
-                        transport_options={"frame_handler": fast_frame_handler},
-                    )
-                    conn.connect()
-                    return conn
-        except Exception:
-            if not self._closed.is_set():
-                raise
-            # Told to stop while the broker was away: a clean stop, not a failure.
-        return None
+        conn.connect()
+        return conn
 
-    def _sleep(self, seconds: float) -> None:
-        """Back off, but wake at once when the source is closed."""
-        self._closed.wait(seconds)
+    def _session_errors(self, conn: Any) -> tuple[type[BaseException], ...]:
+        return (*conn.connection_errors, *conn.channel_errors)
+
+    def _disconnect(self, conn: Any) -> None:
+        close_quietly(conn)
 
     def _session(self, conn: Any) -> None:
         channel = conn.channel()
@@ -193,6 +86,7 @@ class AmqpSource:
         self._generation += 1
         self._acks.clear()
         self._acked_through = 0
+        self._last_delivered = 0
         self._listener.on_attached(self._generation)
         consumers = consumers_for(self._config, conn, channel, self._on_message)
         retirer = QueueRetirer(
@@ -235,7 +129,7 @@ class AmqpSource:
             self._drain_once(amqp_connection)
 
     def _drain_once(self, amqp_connection: Any) -> None:
-        if self._batch and self._processed == self._handed_off:
+        if self._batch and self._loop_idle:
             self._hand_off()  # the loop is idle: waiting for more would only add latency
         try:
             amqp_connection.drain_events(timeout=_LINGER_SECONDS if self._batch else _POLL_SECONDS)
@@ -244,12 +138,6 @@ class AmqpSource:
             return
         if len(self._batch) >= _MAX_BATCH:
             self._hand_off()
-
-    def _hand_off(self) -> None:
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self._handed_off += 1
-            self._listener.on_deliveries(batch)
 
     def _on_message(self, message: Any) -> None:
         info = message.delivery_info
@@ -262,16 +150,13 @@ class AmqpSource:
             time.time_ns() // 1_000_000,
         )
         self._last_delivered = info["delivery_tag"]
+        self._received += 1
         self._batch.append(
             Delivery(self._generation, self._last_delivered, envelope, info["redelivered"])
         )
 
     def _apply_acks(self, channel: Any) -> None:
-        acks = self._acks
-        while acks:
-            generation, ops, acked_through = acks.popleft()
-            if generation != self._generation:
-                continue
+        for ops, acked_through in self._take_acks():
             for tag, multiple in ops:
                 channel.basic_ack(tag, multiple=multiple)
             self._acked_through = acked_through

@@ -31,9 +31,14 @@ class KafkaSink:
     """Writes records to the events topic and dead letters to the dead-letter topic."""
 
     def __init__(
-        self, config: Config, on_producer_reset: Callable[[], None] = lambda: None
+        self,
+        config: Config,
+        on_producer_reset: Callable[[], None] = lambda: None,
+        source: str | None = None,
     ) -> None:
+        """``source``: the name every record's ``source`` header carries (none if None)."""
         self._config = config
+        self._source_header = [("source", source.encode())] if source is not None else []
         self._producer = Producer(self.producer_options(), on_producer_reset)
         self.topics = TopicAdmin(config, [config.topic, config.dlq_topic])
         self._partitions: dict[str, list[int]] = {}
@@ -82,12 +87,14 @@ class KafkaSink:
         batches = BatchWriter(self._producer, self._config.kafka_linger_ms, listener)
         self._writers.append(batches)
         partitions = self._partitions
+        extra = self._source_header
 
         def write(outcome: Outcome, token: Token) -> None:
             topic, key = self._destination(outcome)
             partition = partition_for(key, partitions[topic])
+            headers = outcome.headers + extra if extra else outcome.headers
             batches.append(
-                topic, partition, key=key, value=outcome.value, headers=outcome.headers, token=token
+                topic, partition, key=key, value=outcome.value, headers=headers, token=token
             )
 
         if self._config.cloudevents == "off":
