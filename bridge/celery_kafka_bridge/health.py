@@ -177,7 +177,9 @@ class Health:
                     self._metrics.queue_consumers.set(state[1])
                 await asyncio.sleep(QUEUE_POLL_INTERVAL)
         finally:
-            await asyncio.to_thread(poller.close)
+            # Blocking, once, at the end: an await here could be cancelled in turn and leave the
+            # connection open (it waits for a poll still running on its thread).
+            poller.close()
 
 
 async def _close_quietly(client: AIOKafkaClient) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from amqp.exceptions import NotFound, ResourceLocked
@@ -61,31 +62,43 @@ def queue_state(conn: Any, queue: str) -> tuple[int, int] | None:
 
 class QueueDepth:
     """Ready messages and consumers of the bridge's queues, on a kombu connection of its own kept
-    open between polls (blocking calls)."""
+    open between polls (blocking calls, each on some worker thread)."""
 
     def __init__(self, config: Config) -> None:
         self._config = config
         self._conn: Any = None
+        # A poll still connecting when the poller is cancelled must not leave a connection behind.
+        self._lock = threading.Lock()
+        self._closed = False
 
     def poll(self) -> tuple[int, int] | None:
         """Ready messages of every queue and the consumers of the busiest-attached one; None if
-        RabbitMQ is away or no queue exists yet (the consumer side reports those)."""
+        RabbitMQ is away, no queue exists yet (the consumer side reports those) or closed."""
         config = self._config
-        if self._conn is None:
-            self._conn = Connection(config.amqp_url, connect_timeout=5, ssl=amqp_ssl(config))
-        conn = self._conn
-        try:
-            states = [queue_state(conn.connection, queue) for queue in config.event_queues]
-        except (OSError, OperationalError, *conn.connection_errors, *conn.channel_errors) as exc:
-            log.debug("polling the queue depth failed: %s", describe(exc))
-            self.close()
-            return None
+        with self._lock:
+            if self._closed:
+                return None
+            if self._conn is None:
+                self._conn = Connection(config.amqp_url, connect_timeout=5, ssl=amqp_ssl(config))
+            conn = self._conn
+            try:
+                states = [queue_state(conn.connection, queue) for queue in config.event_queues]
+            except (OSError, OperationalError, *conn.connection_errors, *conn.channel_errors) as e:
+                log.debug("polling the queue depth failed: %s", describe(e))
+                self._release()
+                return None
         found = [state for state in states if state is not None]
         if not found:
             return None
         return sum(ready for ready, _ in found), max(consumers for _, consumers in found)
 
     def close(self) -> None:
+        """Release the connection; later polls return None."""
+        with self._lock:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             close_quietly(conn)
