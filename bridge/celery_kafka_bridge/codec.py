@@ -78,6 +78,8 @@ class EventRecord:
     hostname: str | None = None
     timestamp: float | None = None
     """The worker's clock when it sent the event (Celery's ``timestamp`` field)."""
+    topic: str | None = None
+    """Where a rule routes it; None: the events topic."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +97,15 @@ Outcome = EventRecord | DeadLetter
 def event_id(event: dict[str, Any]) -> str:
     """Deterministic id: BLAKE2b-128 of the event's canonical JSON (`jsoncompat.canonical`:
     keys sorted, orjson's bytes for strict JSON); ``event`` as parsed, without kombu's hook."""
-    return _digest(jsoncompat.canonical(event)[0])
+    return digest(jsoncompat.canonical(event)[0])
 
 
 def _canonical(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
 
 
-def _digest(canonical: bytes) -> str:
+def digest(canonical: bytes) -> str:
+    """The ``event_id`` of an event written as ``canonical`` (its canonical JSON)."""
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
@@ -210,7 +213,7 @@ def _judge(
     if isinstance(uuid, str):
         task_id = uuid.encode()
         headers.append(("task_id", task_id))
-    headers += (("event_id", _digest(canonical).encode()), _JSON_HEADER, received_at)
+    headers += (("event_id", digest(canonical).encode()), _JSON_HEADER, received_at)
     if not strict:
         headers.append(NOT_STRICT_HEADER)
     return EventRecord(

@@ -25,6 +25,7 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogFormat = Literal["auto", "json", "text"]
 CloudEventsMode = Literal["off", "binary"]
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 class Config(BaseSettings):
@@ -165,6 +166,11 @@ class Config(BaseSettings):
         "binary-mode headers (ce_specversion, ce_id, ce_source, ce_type, ce_time, ce_subject, "
         "content-type); the value stays the event.",
     )
+    rules_file: FilePath | None = Field(
+        None,
+        description="YAML file of shaping rules (drop, mask, truncate or hash fields; drop or "
+        "route events); unset: every event as sent.",
+    )
     silent_task_events_seconds: float = Field(
         300.0,
         gt=0,
@@ -174,7 +180,7 @@ class Config(BaseSettings):
     @field_validator("topic", "dlq_topic")
     @classmethod
     def _valid_topic(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
+        if not TOPIC_NAME.fullmatch(value):
             raise ValueError("a Kafka topic name is 1-249 of [A-Za-z0-9._-]")
         return value
 
@@ -293,6 +299,8 @@ def secret_files(environ: Mapping[str, str]) -> dict[str, str]:
         name = variable.removeprefix(ENV_PREFIX).removesuffix("_FILE").lower()
         if not (variable.startswith(ENV_PREFIX) and variable.endswith("_FILE")):
             continue
+        if variable.removeprefix(ENV_PREFIX).lower() in Config.model_fields:
+            continue  # a setting of its own that names a file (BRIDGE_RULES_FILE)
         if name not in Config.model_fields:
             raise ConfigError(f"invalid setting {variable}: no setting {ENV_PREFIX}{name.upper()}")
         if f"{ENV_PREFIX}{name.upper()}" in environ:

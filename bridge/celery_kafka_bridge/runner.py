@@ -18,6 +18,8 @@ from celery_kafka_bridge.health import Health
 from celery_kafka_bridge.kafka.sink import KafkaSink
 from celery_kafka_bridge.metrics import Metrics
 from celery_kafka_bridge.pipeline import Pipeline
+from celery_kafka_bridge.rules import load_rules
+from celery_kafka_bridge.shaper import Shaper
 from celery_kafka_bridge.watchdog import Watchdog
 from celery_kafka_bridge.workers import WorkerActivity
 
@@ -55,15 +57,20 @@ class _LoopListener:
 
 
 async def run_bridge(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set (or SIGTERM/SIGINT); raise what stopped it otherwise."""
+    """Run until ``stop`` is set (or SIGTERM/SIGINT); raise what stopped it otherwise.
+
+    A rules file that cannot be used raises `ConfigError` before anything connects."""
+    shaper = Shaper(load_rules(config.rules_file)) if config.rules_file else None
     metrics = Metrics()
+    if shaper is not None:
+        metrics.export_rules(shaper)
     workers = WorkerActivity()
     metrics.export_workers(workers)
     loop = asyncio.get_running_loop()
     metrics.loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # scraped on the loop
     health = Health(config, metrics)
     async with _monitoring(config, metrics, health, workers):
-        await _run_bridge(config, stop, metrics, health, workers)
+        await _run_bridge(config, stop, metrics, health, workers, shaper=shaper)
 
 
 @contextlib.asynccontextmanager
@@ -93,12 +100,15 @@ async def _run_bridge(
     metrics: Metrics,
     health: Health,
     workers: WorkerActivity,
+    *,
+    shaper: Shaper | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    sink = KafkaSink(config, on_producer_reset=metrics.producer_reset)
+    routed = shaper.topics if shaper is not None else ()
+    sink = KafkaSink(config, on_producer_reset=metrics.producer_reset, routed_topics=routed)
     if not await _until_stopped(sink.start(), stop):
         return
     source = AmqpSource(config, topology_for(config))
@@ -110,6 +120,7 @@ async def _run_bridge(
         metrics=metrics,
         workers=workers,
         kafka_denied=health.set_kafka_denied,
+        shaper=shaper,
     )
     listener = _LoopListener(loop, pipeline, health)
     work = asyncio.gather(pipeline.run(), _status_lines(pipeline), sink.watch_topics())

@@ -41,9 +41,14 @@ class KafkaSink:
     """Writes records to the events topic and dead letters to the dead-letter topic."""
 
     def __init__(
-        self, config: Config, on_producer_reset: Callable[[], None] = lambda: None
+        self,
+        config: Config,
+        on_producer_reset: Callable[[], None] = lambda: None,
+        routed_topics: tuple[str, ...] = (),
     ) -> None:
         self._config = config
+        self._topics = tuple(dict.fromkeys((config.topic, config.dlq_topic, *routed_topics)))
+        """Every topic written to: events, dead letters, and where rules route events."""
         self._producer = Producer(self.producer_options(), on_producer_reset)
         self._partitions: dict[str, list[int]] = {}
         self._writers: list[BatchWriter[Any]] = []
@@ -86,7 +91,7 @@ class KafkaSink:
         await admin.start()
         try:
             existing = set(await admin.list_topics())
-            missing = [t for t in (config.topic, config.dlq_topic) if t not in existing]
+            missing = [t for t in self._topics if t not in existing]
             if not missing:
                 return
             response = await admin.create_topics(
@@ -118,7 +123,7 @@ class KafkaSink:
 
     async def refresh_partitions(self) -> None:
         """Look up (from the producer's metadata, fetched when missing) the topics' partitions."""
-        for topic in (self._config.topic, self._config.dlq_topic):
+        for topic in self._topics:
             self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
 
     def writer(self, listener: Listener[Token]) -> Callable[[Outcome, Token], None]:
@@ -150,7 +155,7 @@ class KafkaSink:
         """Topic and key: dead letters have no key (they spread over the dead-letter topic)."""
         if isinstance(outcome, DeadLetter):
             return self._config.dlq_topic, None
-        return self._config.topic, outcome.key
+        return outcome.topic or self._config.topic, outcome.key
 
     async def stop(self) -> None:
         for batches in self._writers:
