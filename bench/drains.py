@@ -24,10 +24,15 @@ from kombu.messaging import Consumer
 
 from bench.kafka import read
 from bench.loadgen import event_app
-from bench.queues import Captured, Rabbit, replay
+from bench.queues import Captured, Rabbit, event_count, replay
 from celery_kafka_bridge.amqp.topology import topology_for
 from celery_kafka_bridge.config import Config
 from harness.support import BridgeProcess
+
+RULES = Path(__file__).parent / "rules.yaml"
+"""The typical rules file drain (e) measures: drop heartbeats, hash kwargs, truncate tracebacks."""
+BENCH_HASH_KEY = "the benchmark's hash key, 32 bytes"
+HEARTBEAT = "worker-heartbeat"
 
 
 @dataclass(frozen=True)
@@ -159,17 +164,20 @@ def bare_kombu(setup: Setup) -> Drain:
     return Drain("b", label, counted, len(setup.messages), seconds)
 
 
-def bridge(setup: Setup, count: int) -> Drain:
-    """(c)/(d) The bridge as real processes, at-least-once into Kafka, until all is confirmed."""
-    name = f"{setup.prefix}-{'c' if count == 1 else 'd'}"
+def bridge(setup: Setup, count: int, rules: Path | None = None) -> Drain:
+    """(c)/(d) The bridge as real processes, at-least-once into Kafka, until all is confirmed;
+    (e) one replica shaping the events with ``rules`` (which drop heartbeats)."""
+    letter = "e" if rules else "c" if count == 1 else "d"
+    name = f"{setup.prefix}-{letter}"
     # One replica: the default (ordered) topology; several: competing, the one that shares work.
-    config = bridge_config(setup, name, "ordered" if count == 1 else "competing")
+    config = bridge_config(setup, name, "ordered" if count == 1 else "competing", rules)
+    expected = setup.events - (event_count(setup.messages, HEARTBEAT) if rules else 0)
     queue = _declare_bridge_queue(config)
     _replay(setup, config.event_exchange, queue)
     with replicas(setup, config, count) as procs, RssSampler([p.pid for p in procs]) as rss:
         started = consuming_since(procs)
         # Tansu's end offsets trail the records it serves, so the records are counted.
-        records, finished = asyncio.run(read(setup.kafka, config.topic, setup.events, 600))
+        records, finished = asyncio.run(read(setup.kafka, config.topic, expected, 600))
         for proc in procs:
             proc.signal(signal.SIGTERM)
         for proc in procs:
@@ -179,16 +187,21 @@ def bridge(setup: Setup, count: int) -> Drain:
         left = rabbit.depth(queue)
     finally:
         rabbit.close()
-    if left or records < setup.events:
+    if left or records < expected:
         raise RuntimeError(f"{queue}: {left} messages not acked, {records} records in Kafka")
     label = f"bridge x{count}, {config.topology} (at-least-once into Kafka)"
+    if rules:
+        label = f"bridge x{count}, {config.topology}, rules {rules} (drops heartbeats)"
     return Drain(
-        name[-1], label, setup.events, len(setup.messages), finished - started, rss.peak_mb, records
+        letter, label, setup.events, len(setup.messages), finished - started, rss.peak_mb, records
     )
 
 
-def bridge_config(setup: Setup, name: str, topology: str = "ordered") -> Config:
+def bridge_config(
+    setup: Setup, name: str, topology: str = "ordered", rules: Path | None = None
+) -> Config:
     return Config.load(
+        rules_file=rules,
         topology=topology,
         http_port=0,
         amqp_url=setup.amqp_url,
@@ -217,6 +230,9 @@ def bridge_env(config: Config) -> dict[str, str]:
     )
     env = {f"BRIDGE_{f.upper()}": str(getattr(config, f)) for f in fields}
     env["BRIDGE_KAFKA_ENABLE_IDEMPOTENCE"] = "false"
+    if config.rules_file:
+        env["BRIDGE_RULES_FILE"] = str(config.rules_file)
+        env["BRIDGE_HASH_KEY"] = BENCH_HASH_KEY
     env["BRIDGE_LOG_LEVEL"] = "INFO"
     return env
 

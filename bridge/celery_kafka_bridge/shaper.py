@@ -12,6 +12,7 @@ import hashlib
 import hmac
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -55,10 +56,13 @@ class Shaper:
 
     def __init__(self, rules: Rules) -> None:
         self._rules = rules
-        self._hash_key = rules.hash_key or b""
+        self._hmac = hmac.new(rules.hash_key or b"", digestmod=hashlib.sha256)
+        # Most values hashed are few and repeated ("{}", "()"): each is hashed once.
+        self._hash_text = lru_cache(maxsize=4096)(self._hash_bytes)
         self._redacts = rules.redacts
-        self._names: OrderedDict[str, str] = OrderedDict()
-        """Task id to task name, least recently used first, from task-sent/received events."""
+        self._names: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
+        """Task id to task name (and as header bytes), least recently used first, learnt from
+        task-sent and task-received events."""
         self._plans: dict[tuple[str, str | None], _Plan] = {}
         self.applied: dict[_Counted, int] = {}
         """How often each rule did each of its actions, every series from the start."""
@@ -93,13 +97,14 @@ class Shaper:
     def _record(self, record: EventRecord) -> EventRecord | None:
         task_id = _task_id(record.headers)
         event: dict[str, Any] | None = None
-        name: str | None = None
-        if task_id is not None and record.event_type in _NAMING:
-            event = _parse(record)
-            name = self._learn(task_id, event.get("name"))
-        elif task_id is not None:
-            name = self._recall(task_id)
-        plan = self._plan(record.event_type, name)
+        name: tuple[str, bytes] | None = None
+        if task_id is not None:
+            if record.event_type in _NAMING:
+                event = _parse(record)
+                name = self._learn(task_id, event.get("name"))
+            else:
+                name = self._recall(task_id)
+        plan = self._plan(record.event_type, name[0] if name is not None else None)
         if plan.drop is not None:
             self.applied[plan.drop] += 1
             return None
@@ -111,7 +116,7 @@ class Shaper:
             self.applied[counted] += 1
             shaped_by.append(counted[0])
         if name is not None:
-            record.headers.append(("task_name", name.encode("utf-8", "backslashreplace")))
+            record.headers.append(("task_name", name[1]))
         if shaped_by:
             record.headers.append(("shaped_by", ",".join(dict.fromkeys(shaped_by)).encode()))
         return record
@@ -137,8 +142,12 @@ class Shaper:
         else:
             value, strict = jsoncompat.canonical(event)
         record.value = value
-        headers = [(k, digest(value).encode() if k == "event_id" else v) for k, v in record.headers]
-        record.headers = headers if not strict else [h for h in headers if h != NOT_STRICT_HEADER]
+        event_id = ("event_id", digest(value).encode())
+        record.headers = [
+            event_id if h[0] == "event_id" else h
+            for h in record.headers
+            if not (strict and h == NOT_STRICT_HEADER)
+        ]
         return applied
 
     def _value(self, action: FieldAction, value: Any) -> Any:
@@ -146,28 +155,31 @@ class Shaper:
             return MASK
         if action.action == "truncate":
             return value[: action.limit] if isinstance(value, str) else value
-        data = (
-            value.encode("utf-8", "surrogatepass")
-            if isinstance(value, str)
-            else jsoncompat.canonical(value)[0]
-        )
-        return hmac.new(self._hash_key, data, hashlib.sha256).hexdigest()
+        if isinstance(value, str):
+            return self._hash_text(value)
+        return self._hash_bytes(jsoncompat.canonical(value)[0])
 
-    def _learn(self, task_id: str, name: Any) -> str | None:
+    def _hash_bytes(self, data: str | bytes) -> str:
+        """HMAC-SHA256 in hex; text as UTF-8 (lone surrogates as they are)."""
+        mac = self._hmac.copy()  # the keyed state, computed once
+        mac.update(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
+        return mac.hexdigest()
+
+    def _learn(self, task_id: bytes, name: Any) -> tuple[str, bytes] | None:
         if not isinstance(name, str):
             return self._recall(task_id)
         names = self._names
-        names[task_id] = name
+        named = names[task_id] = (name, name.encode("utf-8", "backslashreplace"))
         names.move_to_end(task_id)
         if len(names) > self._rules.task_name_cache:
             names.popitem(last=False)
-        return name
+        return named
 
-    def _recall(self, task_id: str) -> str | None:
-        name = self._names.get(task_id)
-        if name is not None:
+    def _recall(self, task_id: bytes) -> tuple[str, bytes] | None:
+        named = self._names.get(task_id)
+        if named is not None:
             self._names.move_to_end(task_id)
-        return name
+        return named
 
     def _plan(self, event_type: str, task_name: str | None) -> _Plan:
         key = (event_type, task_name)
@@ -201,11 +213,11 @@ class Shaper:
         return DeadLetter(dead.reason, b"", dead.headers + extra)
 
 
-def _task_id(headers: Headers) -> str | None:
+def _task_id(headers: Headers) -> bytes | None:
     """The ``task_id`` header, which follows ``event_type`` and perhaps ``hostname``."""
     for name, value in headers[1:3]:
         if name == "task_id":
-            return value.decode()
+            return value
     return None
 
 
