@@ -35,14 +35,23 @@ def shaper(*rules: dict[str, Any], **top: Any) -> Shaper:
 HASHING = {"hash_key": {"env": "KEY"}}
 
 
-def records(*events: dict[str, Any], content_type: str = "application/json") -> list[Outcome]:
-    """The events as the codec makes records of them: alone, or a list when several."""
+def records(
+    *events: dict[str, Any], rules: Shaper | None = None, content_type: str = "application/json"
+) -> list[Outcome]:
+    """The events as the codec makes records of them (alone, or a list when several), shaped by
+    ``rules`` if given."""
     payload: Any = events[0] if len(events) == 1 else list(events)
     if content_type == "application/json":
         body = json.dumps(payload).encode()
     else:
         body = msgpack.packb(payload)
-    return decode(Envelope(body, content_type, "utf-8", "task.x", 1), 100_000)
+    return decode(Envelope(body, content_type, "utf-8", "task.x", 1), 100_000, rules)
+
+
+def settled(
+    rules: Shaper, *events: dict[str, Any], content_type: str = "application/json"
+) -> tuple[list[Outcome], list[EventRecord]]:
+    return rules.settle(records(*events, rules=rules, content_type=content_type))
 
 
 def event(kind: str, uuid: str = "t-1", **fields: Any) -> dict[str, Any]:
@@ -50,7 +59,7 @@ def event(kind: str, uuid: str = "t-1", **fields: Any) -> dict[str, Any]:
 
 
 def shaped(shaper: Shaper, *events: dict[str, Any]) -> list[EventRecord]:
-    kept, _ = shaper.shape(records(*events))
+    kept, _ = settled(shaper, *events)
     assert all(isinstance(r, EventRecord) for r in kept)
     return [r for r in kept if isinstance(r, EventRecord)]
 
@@ -70,7 +79,7 @@ def assert_id_of_what_is_written(record: EventRecord) -> None:
 def test_dropped_event_types_are_handed_back_apart_and_counted() -> None:
     rules = shaper({"name": "beats", "event_type": "worker-heart*", "drop": True})
     beat = {"type": "worker-heartbeat", "hostname": "w@h"}
-    kept, dropped = rules.shape(records(beat, event("task-started"), beat))
+    kept, dropped = settled(rules, beat, event("task-started"), beat)
     assert [r.event_type for r in dropped] == ["worker-heartbeat"] * 2
     assert [r.event_type for r in kept if isinstance(r, EventRecord)] == ["task-started"]
     assert rules.applied == {("beats", "drop"): 2}
@@ -158,7 +167,7 @@ def test_values_only_python_json_reads_stay_marked_until_redacted_away() -> None
 def test_msgpack_events_are_redacted_and_keep_their_markers() -> None:
     rules = shaper({"fields": {"kwargs": "mask"}})
     sent = event("task-received", kwargs="secret", blob=b"\xff\x00")
-    kept, _ = rules.shape(records(sent, content_type="application/x-msgpack"))
+    kept, _ = settled(rules, sent, content_type="application/x-msgpack")
     (record,) = kept
     assert isinstance(record, EventRecord)
     assert value_of(record)["blob"] == {"__type__": "base64", "__value__": "/wA="}
@@ -170,7 +179,7 @@ def test_dead_letters_are_withheld_only_when_rules_redact() -> None:
     body = b'{"no type": "a secret"}'
     (dead,) = decode(Envelope(body, "application/json", None, "task.x", 1), 100_000)
     redacting = shaper({"fields": {"kwargs": "mask"}})
-    (withheld,), _ = redacting.shape([dead])
+    (withheld,), _ = redacting.settle([dead])
     assert isinstance(withheld, DeadLetter)
     assert withheld.value == b""
     headers = dict(withheld.headers)
@@ -179,7 +188,7 @@ def test_dead_letters_are_withheld_only_when_rules_redact() -> None:
     assert headers["reason"] == b"missing_type"
     assert b"secret" not in b"".join(headers.values())
     assert redacting.withheld == 1
-    (kept,), _ = shaper({"drop": True, "event_type": "x"}).shape([dead])
+    (kept,), _ = shaper({"drop": True, "event_type": "x"}).settle([dead])
     assert kept is dead
 
 

@@ -15,7 +15,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 import orjson
@@ -40,6 +40,7 @@ JSON), msgpack."""
 
 _Header = tuple[str, bytes]
 Headers = list[_Header]
+FixedHeaders = tuple[_Header, ...]
 
 
 class Reason(StrEnum):
@@ -80,6 +81,28 @@ class EventRecord:
     """The worker's clock when it sent the event (Celery's ``timestamp`` field)."""
     topic: str | None = None
     """Where a rule routes it; None: the events topic."""
+    verdict: Verdict | None = None
+    """What the shaping rules made of it, when there are rules."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the shaping rules do to one event (`Shaper`)."""
+
+    changed: bool = False
+    """A rule changed a field: the value is the canonical JSON of the changed event."""
+    drop: bool = False
+    topic: str | None = None
+    headers: FixedHeaders = ()
+    """Added to the record's own (``task_name``, ``shaped_by``)."""
+    applied: tuple[tuple[str, str], ...] = ()
+    """(rule, action) of each action taken, for the metrics."""
+
+
+class Shaper(Protocol):
+    """Called with each event before it is encoded; may change the event in place."""
+
+    def __call__(self, event: dict[str, Any], event_type: str) -> Verdict: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +132,9 @@ def digest(canonical: bytes) -> str:
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
-def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
-    """Every event of the message as a record, every bad part as a dead letter."""
+def decode(envelope: Envelope, max_bytes: int, shaper: Shaper | None = None) -> list[Outcome]:
+    """Every event of the message as a record, every bad part as a dead letter; ``shaper``
+    (the rules) sees each event first."""
     body = envelope.body
     if len(body) > max_bytes:
         size = str(len(body)).encode()
@@ -120,15 +144,15 @@ def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
     content_type = (envelope.content_type or "").partition(";")[0].strip().lower()
     if content_type == JSON_CONTENT_TYPE:
         try:
-            return _outcomes(envelope, orjson.loads(body), body, _FAST)
+            return _outcomes(envelope, orjson.loads(body), body, _FAST, shaper)
         except (orjson.JSONDecodeError, _Inexact):
-            return _exact_json(envelope)
+            return _exact_json(envelope, shaper)
     if content_type in MSGPACK_CONTENT_TYPES:
         try:
             payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             return [_dead(envelope, Reason.UNDECODABLE, str(exc), body)]
-        return _outcomes(envelope, payload, None, _MSGPACK)
+        return _outcomes(envelope, payload, None, _MSGPACK, shaper)
     detail = f"content type {content_type or 'missing'!r} is not json or msgpack"
     return [_dead(envelope, Reason.UNSUPPORTED_CONTENT_TYPE, detail, body)]
 
@@ -137,24 +161,28 @@ class _Inexact(Exception):
     """The fast path met a value orjson cannot write or may have altered."""
 
 
-def _exact_json(envelope: Envelope) -> list[Outcome]:
+def _exact_json(envelope: Envelope, shaper: Shaper | None) -> list[Outcome]:
     """A JSON body orjson refused or may have altered, read as kombu reads it."""
     try:
         payload = jsoncompat.loads_python(envelope.body)
     except (ValueError, RecursionError) as exc:
         detail = str(exc) or type(exc).__name__
         return [_dead(envelope, Reason.UNDECODABLE, detail, envelope.body)]
-    return _outcomes(envelope, payload, envelope.body, _PYTHON)
+    return _outcomes(envelope, payload, envelope.body, _PYTHON, shaper)
 
 
-def _outcomes(envelope: Envelope, payload: Any, raw: bytes | None, parser: str) -> list[Outcome]:
+def _outcomes(
+    envelope: Envelope, payload: Any, raw: bytes | None, parser: str, shaper: Shaper | None
+) -> list[Outcome]:
     """``raw``: the body, when it is JSON that can be passed through."""
     received_at = ("received_at", str(envelope.received_at_ms).encode())
     if isinstance(payload, dict):
-        return [_judge(envelope, received_at, payload, raw, index=None, parser=parser)]
+        return [
+            _judge(envelope, received_at, payload, raw, index=None, parser=parser, shaper=shaper)
+        ]
     if isinstance(payload, list) and payload:
         return [
-            _judge(envelope, received_at, item, None, index=i, parser=parser)
+            _judge(envelope, received_at, item, None, index=i, parser=parser, shaper=shaper)
             for i, item in enumerate(payload)
         ]
     if isinstance(payload, list):
@@ -171,32 +199,25 @@ def _judge(
     *,
     index: int | None,
     parser: str,
+    shaper: Shaper | None,
 ) -> Outcome:
     """One decoded event (or list element) as a record, or a dead letter saying why not.
 
     ``raw`` is the message body when it holds exactly this one event: it is written as is.
     Otherwise the value is the canonical JSON that ``event_id`` hashes, so it is encoded once.
     """
-    if not isinstance(item, dict):
-        detail = f"element is a {type(item).__name__}"
-        dead = _reencode(item, parser)
-        return _dead(envelope, Reason.NOT_AN_OBJECT, detail, dead, _index(index))
-    event_type = item.get("type")
-    if not isinstance(event_type, str) or not event_type:
-        detail = "no string 'type' field"
-        dead = _reencode(item, parser)
-        return _dead(envelope, Reason.MISSING_TYPE, detail, dead, _index(index))
+    invalid = _invalid(envelope, item, index, parser)
+    if invalid is not None:
+        return invalid
+    event_type: str = item["type"]
+    verdict = None
+    if shaper is not None:
+        verdict = shaper(item, event_type)
+        if verdict.changed:
+            raw = None  # the value is the changed event's canonical JSON
     hostname, uuid, timestamp = item.get("hostname"), item.get("uuid"), item.get("timestamp")
     if parser is _FAST:
-        try:
-            canonical = _canonical(item)
-        except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes
-            raise _Inexact from exc
-        # orjson writes floats of 1e16 and up with "e+"; an integer past 64 bits is one now.
-        # An int operand makes `in` a memchr: 20 ns where b"e+" alone costs 300.
-        if _PLUS in canonical and b"e+" in canonical:
-            raise _Inexact
-        strict = True
+        canonical, strict = _fast_canonical(item), True
     else:
         exact = _exact(envelope, item, index, parser)
         if isinstance(exact, DeadLetter):
@@ -216,7 +237,7 @@ def _judge(
     headers += (("event_id", digest(canonical).encode()), _JSON_HEADER, received_at)
     if not strict:
         headers.append(NOT_STRICT_HEADER)
-    return EventRecord(
+    record = EventRecord(
         task_id or host or None,  # the key: the task uuid, else the worker hostname, else none
         canonical if raw is None else raw,
         headers,
@@ -224,6 +245,34 @@ def _judge(
         hostname,
         float(timestamp) if isinstance(timestamp, _NUMBER) else None,
     )
+    if verdict is not None:
+        headers += verdict.headers
+        record.topic, record.verdict = verdict.topic, verdict
+    return record
+
+
+def _invalid(envelope: Envelope, item: Any, index: int | None, parser: str) -> DeadLetter | None:
+    """Why a decoded element is no event (not an object, no type), or None if it is one."""
+    if not isinstance(item, dict):
+        reason, detail = Reason.NOT_AN_OBJECT, f"element is a {type(item).__name__}"
+    elif not isinstance(item.get("type"), str) or not item["type"]:
+        reason, detail = Reason.MISSING_TYPE, "no string 'type' field"
+    else:
+        return None
+    return _dead(envelope, reason, detail, _reencode(item, parser), _index(index))
+
+
+def _fast_canonical(item: dict[str, Any]) -> bytes:
+    """orjson's canonical JSON of an event orjson parsed; `_Inexact` if it may be altered."""
+    try:
+        canonical = _canonical(item)
+    except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes
+        raise _Inexact from exc
+    # orjson writes floats of 1e16 and up with "e+"; an integer past 64 bits is one now.
+    # An int operand makes `in` a memchr: 20 ns where b"e+" alone costs 300.
+    if _PLUS in canonical and b"e+" in canonical:
+        raise _Inexact
+    return canonical
 
 
 def _exact(

@@ -149,10 +149,10 @@ class Pipeline:
         return self._in_flight == 0
 
     def _publish(self, delivery: Delivery) -> None:
-        outcomes = decode(delivery.envelope, self.max_message_bytes)
+        outcomes = decode(delivery.envelope, self.max_message_bytes, self.shaper)
         received_at = delivery.envelope.received_at_ms / 1000
         if self.shaper is not None:
-            outcomes = self._shape(self.shaper, outcomes, received_at)
+            outcomes = self._settle(self.shaper, outcomes, received_at)
         pending = _Pending(delivery.generation, delivery.tag, len(outcomes), received_at)
         if delivery.generation == self._generation:
             self._tracker.add(delivery.tag)
@@ -169,10 +169,10 @@ class Pipeline:
         if not outcomes:  # the rules dropped every event: nothing to wait for
             self._completed(pending)
 
-    def _shape(self, shaper: Shaper, outcomes: list[Outcome], received_at: float) -> list[Outcome]:
+    def _settle(self, shaper: Shaper, outcomes: list[Outcome], received_at: float) -> list[Outcome]:
         """The outcomes the rules keep; the events they drop still count as consumed and as
         signs of life of their worker (the watchdog reads heartbeats)."""
-        kept, dropped = shaper.shape(outcomes)
+        kept, dropped = shaper.settle(outcomes)
         for record in dropped:
             self.metrics.consumed(record)
             self.workers.observe(record, received_at)
