@@ -46,6 +46,9 @@ class Drain:
     seconds: float
     peak_rss_mb: float | None = None
     kafka_records: int | None = None
+    cpu_us_per_event: float | None = None
+    """CPU time (user + system) the bridge processes spent per event while draining: unlike
+    events/s, barely moved by other work on the machine."""
 
     @property
     def events_per_second(self) -> float:
@@ -176,8 +179,10 @@ def bridge(setup: Setup, count: int, rules: Path | None = None) -> Drain:
     _replay(setup, config.event_exchange, queue)
     with replicas(setup, config, count) as procs, RssSampler([p.pid for p in procs]) as rss:
         started = consuming_since(procs)
+        cpu_before = cpu_seconds(procs)
         # Tansu's end offsets trail the records it serves, so the records are counted.
         records, finished = asyncio.run(read(setup.kafka, config.topic, expected, 600))
+        cpu = cpu_seconds(procs) - cpu_before
         for proc in procs:
             proc.signal(signal.SIGTERM)
         for proc in procs:
@@ -192,8 +197,10 @@ def bridge(setup: Setup, count: int, rules: Path | None = None) -> Drain:
     label = f"bridge x{count}, {config.topology} (at-least-once into Kafka)"
     if rules:
         label = f"bridge x{count}, {config.topology}, rules {rules} (drops heartbeats)"
+    seconds = finished - started
+    cpu_us = cpu / setup.events * 1e6
     return Drain(
-        letter, label, setup.events, len(setup.messages), finished - started, rss.peak_mb, records
+        letter, label, setup.events, len(setup.messages), seconds, rss.peak_mb, records, cpu_us
     )
 
 
@@ -267,6 +274,11 @@ def replicas(setup: Setup, config: Config, count: int) -> Iterator[list[BridgePr
     finally:
         for proc in procs:
             proc.kill()
+
+
+def cpu_seconds(procs: list[BridgeProcess]) -> float:
+    """User and system CPU time the processes used so far."""
+    return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in procs)
 
 
 def consuming_since(procs: list[BridgeProcess]) -> float:

@@ -45,7 +45,8 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     assert drains["c"]["kafka_records"] >= report["meta"]["events"]
     assert drains["c"]["peak_rss_mb"] > 0
     assert 0 < drains["e"]["kafka_records"] < report["meta"]["events"], "heartbeats dropped"
-    assert set(report["ratios"]) == {"c/a", "c/b", "d/c", "e/c"}
+    assert set(report["ratios"]) == {"c/a", "c/b", "d/c", "e/c", "e/c (CPU)"}
+    assert drains["e"]["cpu_us_per_event"] > 0
     (latency,) = report["latency"]
     assert latency["rate"] == 200
     assert latency["received"] >= latency["sent"] == 400

@@ -23,6 +23,7 @@ from harness.support import (
     read_topic,
 )
 from tests.conftest import BridgeFactory
+from tests.test_schemas import header_errors
 
 pytestmark = pytest.mark.slow
 
@@ -156,6 +157,7 @@ def test_dropped_and_routed_events_match_the_witness_per_topic(
     assert Counter(identity(r.json()) for r in in_main) == to_main
     assert all(r.headers["shaped_by"] == b"failures" for r in in_routed)
     assert all(r.headers["task_name"] == FAIL.encode() for r in in_routed)
+    assert [e for r in in_routed + in_main for e in header_errors(r)] == []
     beats = sum(e["type"] == "worker-heartbeat" for e in sent)
     metric = "celery_kafka_bridge_rule_applied_total"
     poll(
