@@ -64,7 +64,9 @@ class Shaper:
         self._names: OrderedDict[str, str] = OrderedDict()
         """Task id to task name, least recently used first, learnt from task-sent and
         task-received events."""
-        self._plans: dict[tuple[str, str | None], _Plan] = {}
+        self._plans: dict[str, dict[str | None, _Plan]] = {}
+        """By event type, then task name."""
+        self._plan_count = 0
         self.applied: dict[_Counted, int] = {}
         """How often each rule did each of its actions, every series from the start."""
         for rule in rules.rules:
@@ -86,9 +88,14 @@ class Shaper:
         if isinstance(uuid, str):
             if event_type in _NAMING:
                 name = self._learn(uuid, event.get("name"))
-            else:
-                name = self._recall(uuid)
-        plan = self._plan(event_type, name)
+            else:  # the common case, inline: most task events are not the first of their task
+                name = self._names.get(uuid)
+                if name is not None:
+                    self._names.move_to_end(uuid)
+        plans = self._plans.get(event_type)
+        plan = None if plans is None else plans.get(name)
+        if plan is None:
+            plan = self._plan(event_type, name)
         if not plan.fields:
             return plan.verdict
         applied = self._redact(event, plan.fields)
@@ -171,12 +178,13 @@ class Shaper:
         return name
 
     def _plan(self, event_type: str, task_name: str | None) -> _Plan:
-        key = (event_type, task_name)
-        plan = self._plans.get(key)
-        if plan is None:
-            if len(self._plans) >= _MAX_PLANS:
-                self._plans.clear()
-            plan = self._plans[key] = self._build_plan(event_type, task_name)
+        """A new plan, kept for the next events of its type and task name."""
+        self._plan_count += 1
+        if self._plan_count > _MAX_PLANS:
+            self._plans.clear()
+            self._plan_count = 1
+        plan = self._build_plan(event_type, task_name)
+        self._plans.setdefault(event_type, {})[task_name] = plan
         return plan
 
     def _build_plan(self, event_type: str, task_name: str | None) -> _Plan:
