@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -49,6 +49,23 @@ class _Plan:
     """The verdict when no field action changes the event."""
     name_header: FixedHeaders
     fields: _Fields = ()
+    changed: dict[tuple[_Counted, ...], Verdict] = field(default_factory=dict)
+    """The verdicts when field actions change it, by the actions taken."""
+
+
+def _changed(plan: _Plan, applied: tuple[_Counted, ...]) -> Verdict:
+    """The verdict of an event of ``plan`` that the ``applied`` field actions changed."""
+    unchanged = plan.verdict
+    rules = [rule for rule, _ in applied]
+    if unchanged.topic is not None:  # the route rule is the first of the unchanged verdict
+        rules.append(unchanged.applied[0][0])
+    shaped_by = ("shaped_by", ",".join(dict.fromkeys(rules)).encode())
+    return Verdict(
+        changed=True,
+        topic=unchanged.topic,
+        headers=(*plan.name_header, shaped_by),
+        applied=unchanged.applied + applied,
+    )
 
 
 class Shaper:
@@ -101,17 +118,10 @@ class Shaper:
         applied = self._redact(event, plan.fields)
         if not applied:
             return plan.verdict
-        unchanged = plan.verdict
-        rules = [rule for rule, _ in applied]
-        if unchanged.topic is not None:  # the route rule is the first of the unchanged verdict
-            rules.append(unchanged.applied[0][0])
-        headers = (*plan.name_header, ("shaped_by", ",".join(dict.fromkeys(rules)).encode()))
-        return Verdict(
-            changed=True,
-            topic=unchanged.topic,
-            headers=headers,
-            applied=unchanged.applied + tuple(applied),
-        )
+        verdict = plan.changed.get(applied)
+        if verdict is None:  # the first event of its plan changed by exactly these actions
+            verdict = plan.changed[applied] = _changed(plan, applied)
+        return verdict
 
     def settle(self, outcomes: list[Outcome]) -> tuple[list[Outcome], list[EventRecord]]:
         """What to write, in order, and the records the rules dropped; counts both."""
@@ -123,7 +133,7 @@ class Shaper:
                 kept.append(self._withhold(outcome) if self._redacts else outcome)
                 continue
             verdict = outcome.verdict
-            if verdict is not None:
+            if verdict is not None and verdict.applied:
                 for counted in verdict.applied:
                     counts[counted] += 1
                 if verdict.drop:
@@ -132,7 +142,7 @@ class Shaper:
             kept.append(outcome)
         return kept, dropped
 
-    def _redact(self, event: dict[str, Any], fields: _Fields) -> list[_Counted]:
+    def _redact(self, event: dict[str, Any], fields: _Fields) -> tuple[_Counted, ...]:
         """Apply the field actions to ``event`` in place; the (rule, action) of each taken."""
         applied: list[_Counted] = []
         for counted, action in fields:
@@ -143,7 +153,7 @@ class Shaper:
             else:
                 event[action.field] = self._value(action, event[action.field])
             applied.append(counted)
-        return applied
+        return tuple(applied)
 
     def _value(self, action: FieldAction, value: Any) -> Any:
         if action.action == "mask":
