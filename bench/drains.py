@@ -196,7 +196,7 @@ def bridge(setup: Setup, count: int, rules: Path | None = None) -> Drain:
         raise RuntimeError(f"{queue}: {left} messages not acked, {records} records in Kafka")
     label = f"bridge x{count}, {config.topology} (at-least-once into Kafka)"
     if rules:
-        label = f"bridge x{count}, {config.topology}, rules {rules} (drops heartbeats)"
+        label = f"bridge x{count}, {config.topology}, rules {rules.parent.name}/{rules.name}"
     seconds = finished - started
     cpu_us = cpu / setup.events * 1e6
     return Drain(

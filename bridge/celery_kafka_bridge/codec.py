@@ -15,6 +15,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Any, Protocol
 
 import msgpack
@@ -176,13 +177,13 @@ def _outcomes(
 ) -> list[Outcome]:
     """``raw``: the body, when it is JSON that can be passed through."""
     received_at = ("received_at", str(envelope.received_at_ms).encode())
+    # Chosen once per message, so without rules an event costs what it did before them.
+    judge = _judge if shaper is None else partial(_shaped, shaper)
     if isinstance(payload, dict):
-        return [
-            _judge(envelope, received_at, payload, raw, index=None, parser=parser, shaper=shaper)
-        ]
+        return [judge(envelope, received_at, payload, raw, index=None, parser=parser)]
     if isinstance(payload, list) and payload:
         return [
-            _judge(envelope, received_at, item, None, index=i, parser=parser, shaper=shaper)
+            judge(envelope, received_at, item, None, index=i, parser=parser)
             for i, item in enumerate(payload)
         ]
     if isinstance(payload, list):
@@ -199,25 +200,32 @@ def _judge(
     *,
     index: int | None,
     parser: str,
-    shaper: Shaper | None,
 ) -> Outcome:
     """One decoded event (or list element) as a record, or a dead letter saying why not.
 
     ``raw`` is the message body when it holds exactly this one event: it is written as is.
     Otherwise the value is the canonical JSON that ``event_id`` hashes, so it is encoded once.
     """
-    invalid = _invalid(envelope, item, index, parser)
-    if invalid is not None:
-        return invalid
-    event_type: str = item["type"]
-    verdict = None
-    if shaper is not None:
-        verdict = shaper(item, event_type)
-        if verdict.changed:
-            raw = None  # the value is the changed event's canonical JSON
+    if not isinstance(item, dict):
+        detail = f"element is a {type(item).__name__}"
+        dead = _reencode(item, parser)
+        return _dead(envelope, Reason.NOT_AN_OBJECT, detail, dead, _index(index))
+    event_type = item.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        detail = "no string 'type' field"
+        dead = _reencode(item, parser)
+        return _dead(envelope, Reason.MISSING_TYPE, detail, dead, _index(index))
     hostname, uuid, timestamp = item.get("hostname"), item.get("uuid"), item.get("timestamp")
     if parser is _FAST:
-        canonical, strict = _fast_canonical(item), True
+        try:
+            canonical = _canonical(item)
+        except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes
+            raise _Inexact from exc
+        # orjson writes floats of 1e16 and up with "e+"; an integer past 64 bits is one now.
+        # An int operand makes `in` a memchr: 20 ns where b"e+" alone costs 300.
+        if _PLUS in canonical and b"e+" in canonical:
+            raise _Inexact
+        strict = True
     else:
         exact = _exact(envelope, item, index, parser)
         if isinstance(exact, DeadLetter):
@@ -237,7 +245,7 @@ def _judge(
     headers += (("event_id", digest(canonical).encode()), _JSON_HEADER, received_at)
     if not strict:
         headers.append(NOT_STRICT_HEADER)
-    record = EventRecord(
+    return EventRecord(
         task_id or host or None,  # the key: the task uuid, else the worker hostname, else none
         canonical if raw is None else raw,
         headers,
@@ -245,34 +253,32 @@ def _judge(
         hostname,
         float(timestamp) if isinstance(timestamp, _NUMBER) else None,
     )
-    if verdict is not None:
-        headers += verdict.headers
-        record.topic, record.verdict = verdict.topic, verdict
-    return record
 
 
-def _invalid(envelope: Envelope, item: Any, index: int | None, parser: str) -> DeadLetter | None:
-    """Why a decoded element is no event (not an object, no type), or None if it is one."""
-    if not isinstance(item, dict):
-        reason, detail = Reason.NOT_AN_OBJECT, f"element is a {type(item).__name__}"
-    elif not isinstance(item.get("type"), str) or not item["type"]:
-        reason, detail = Reason.MISSING_TYPE, "no string 'type' field"
-    else:
-        return None
-    return _dead(envelope, reason, detail, _reencode(item, parser), _index(index))
-
-
-def _fast_canonical(item: dict[str, Any]) -> bytes:
-    """orjson's canonical JSON of an event orjson parsed; `_Inexact` if it may be altered."""
-    try:
-        canonical = _canonical(item)
-    except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes
-        raise _Inexact from exc
-    # orjson writes floats of 1e16 and up with "e+"; an integer past 64 bits is one now.
-    # An int operand makes `in` a memchr: 20 ns where b"e+" alone costs 300.
-    if _PLUS in canonical and b"e+" in canonical:
-        raise _Inexact
-    return canonical
+def _shaped(
+    shaper: Shaper,
+    envelope: Envelope,
+    received_at: _Header,
+    item: Any,
+    raw: bytes | None,
+    *,
+    index: int | None,
+    parser: str,
+) -> Outcome:
+    """`_judge` with the rules: the shaper sees (and may change) the event before it is
+    encoded; a changed event is written as its canonical JSON, on which ``event_id`` is
+    computed."""
+    event_type = item.get("type") if isinstance(item, dict) else None
+    if not isinstance(event_type, str) or not event_type:
+        return _judge(envelope, received_at, item, raw, index=index, parser=parser)
+    verdict = shaper(item, event_type)
+    if verdict.changed:
+        raw = None
+    outcome = _judge(envelope, received_at, item, raw, index=index, parser=parser)
+    if isinstance(outcome, EventRecord):
+        outcome.headers += verdict.headers
+        outcome.topic, outcome.verdict = verdict.topic, verdict
+    return outcome
 
 
 def _exact(
