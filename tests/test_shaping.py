@@ -10,19 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
 
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from harness.support import (
     KafkaRecord,
     Names,
     Rabbit,
-    amqp_url,
     events_of,
     poll,
     read_topic,
 )
 from tests.conftest import BridgeFactory
+from tests.test_bridge_end_to_end import client_app
 from tests.test_schemas import header_errors
 
 pytestmark = pytest.mark.slow
@@ -32,17 +31,6 @@ LOGIN = "tests.celery_app.login"
 ADD = "tests.celery_app.add"
 FAIL = "tests.celery_app.fail"
 FINISHED = {"task-succeeded", "task-failed"}
-
-
-def client(names: Names) -> Celery:
-    """A client that sends task-sent events too, as many deployments do."""
-    app = Celery(broker=amqp_url(), set_as_current=False)
-    app.conf.update(
-        event_exchange=names.exchange,
-        task_default_queue=names.task_queue,
-        task_send_sent_event=True,
-    )
-    return app
 
 
 def witnessed(
@@ -90,7 +78,7 @@ def test_a_secret_kwarg_never_reaches_any_topic_and_hashes_stay_joinable(
     )
     bridge = start_bridge(BRIDGE_RULES_FILE=str(rules), TEST_HASH_KEY="k" * 32)
     worker()
-    app = client(names)
+    app = client_app(names)
     for password in (SECRET, SECRET, "another-password"):
         app.send_task(LOGIN, kwargs={"user": "ann", "password": password})
     app.send_task(ADD, (1, 2))
@@ -137,7 +125,7 @@ def test_dropped_and_routed_events_match_the_witness_per_topic(
     )
     bridge = start_bridge(BRIDGE_RULES_FILE=str(rules))
     worker()
-    app = client(names)
+    app = client_app(names)
     for i in range(6):
         if i % 3:
             app.send_task(ADD, (i, i))
