@@ -1,7 +1,9 @@
 """From deliveries to Kafka and back to acks: the at-least-once core.
 
 Each delivery is decoded into records; it is acked only when Kafka confirmed every one of them
-(dead letters included). Failed sends are retried by kind (`kafka.errors`), never dropped: a
+(dead letters included). With a rules file, the `shaper.Shaper` shapes each event as it is
+decoded, and a delivery whose events the rules all dropped is complete at once. Failed sends
+are retried by kind (`kafka.errors`), never dropped: a
 record Kafka refuses for good is dead-lettered in its place, and while Kafka refuses the bridge's
 principal the bridge is unready. Acks leave in batches, as the contiguous prefix of completed
 deliveries of the current channel::
