@@ -24,10 +24,15 @@ from kombu.messaging import Consumer
 
 from bench.kafka import read
 from bench.loadgen import event_app
-from bench.queues import Captured, Rabbit, replay
+from bench.queues import Captured, Rabbit, event_count, replay
 from celery_kafka_bridge.amqp.topology import topology_for
 from celery_kafka_bridge.config import Config
 from harness.support import BridgeProcess
+
+RULES = Path(__file__).parent / "rules.yaml"
+"""The typical rules file drain (e) measures: drop heartbeats, hash kwargs, truncate tracebacks."""
+BENCH_HASH_KEY = "the benchmark's hash key, 32 bytes"
+HEARTBEAT = "worker-heartbeat"
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,9 @@ class Drain:
     seconds: float
     peak_rss_mb: float | None = None
     kafka_records: int | None = None
+    cpu_us_per_event: float | None = None
+    """CPU time (user + system) the bridge processes spent per event while draining: unlike
+    events/s, barely moved by other work on the machine."""
 
     @property
     def events_per_second(self) -> float:
@@ -159,17 +167,22 @@ def bare_kombu(setup: Setup) -> Drain:
     return Drain("b", label, counted, len(setup.messages), seconds)
 
 
-def bridge(setup: Setup, count: int) -> Drain:
-    """(c)/(d) The bridge as real processes, at-least-once into Kafka, until all is confirmed."""
-    name = f"{setup.prefix}-{'c' if count == 1 else 'd'}"
+def bridge(setup: Setup, count: int, rules: Path | None = None) -> Drain:
+    """(c)/(d) The bridge as real processes, at-least-once into Kafka, until all is confirmed;
+    (e) one replica shaping the events with ``rules`` (which drop heartbeats)."""
+    letter = "e" if rules else "c" if count == 1 else "d"
+    name = f"{setup.prefix}-{letter}"
     # One replica: the default (ordered) topology; several: competing, the one that shares work.
-    config = bridge_config(setup, name, "ordered" if count == 1 else "competing")
+    config = bridge_config(setup, name, "ordered" if count == 1 else "competing", rules)
+    expected = setup.events - (event_count(setup.messages, HEARTBEAT) if rules else 0)
     queue = _declare_bridge_queue(config)
     _replay(setup, config.event_exchange, queue)
     with replicas(setup, config, count) as procs, RssSampler([p.pid for p in procs]) as rss:
         started = consuming_since(procs)
+        cpu_before = cpu_seconds(procs)
         # Tansu's end offsets trail the records it serves, so the records are counted.
-        records, finished = asyncio.run(read(setup.kafka, config.topic, setup.events, 600))
+        records, finished = asyncio.run(read(setup.kafka, config.topic, expected, 600))
+        cpu = cpu_seconds(procs) - cpu_before
         for proc in procs:
             proc.signal(signal.SIGTERM)
         for proc in procs:
@@ -179,16 +192,23 @@ def bridge(setup: Setup, count: int) -> Drain:
         left = rabbit.depth(queue)
     finally:
         rabbit.close()
-    if left or records < setup.events:
+    if left or records < expected:
         raise RuntimeError(f"{queue}: {left} messages not acked, {records} records in Kafka")
     label = f"bridge x{count}, {config.topology} (at-least-once into Kafka)"
+    if rules:
+        label = f"bridge x{count}, {config.topology}, rules {rules.parent.name}/{rules.name}"
+    seconds = finished - started
+    cpu_us = cpu / setup.events * 1e6
     return Drain(
-        name[-1], label, setup.events, len(setup.messages), finished - started, rss.peak_mb, records
+        letter, label, setup.events, len(setup.messages), seconds, rss.peak_mb, records, cpu_us
     )
 
 
-def bridge_config(setup: Setup, name: str, topology: str = "ordered") -> Config:
+def bridge_config(
+    setup: Setup, name: str, topology: str = "ordered", rules: Path | None = None
+) -> Config:
     return Config.load(
+        rules_file=rules,
         topology=topology,
         http_port=0,
         amqp_url=setup.amqp_url,
@@ -219,6 +239,9 @@ def bridge_env(config: Config) -> dict[str, str]:
     env["BRIDGE_KAFKA_ENABLE_IDEMPOTENCE"] = "false"
     env["BRIDGE_TOPIC_REPLICATION_FACTOR"] = "1"  # a single broker
     env["BRIDGE_TOPIC_MIN_INSYNC_REPLICAS"] = "1"
+    if config.rules_file:
+        env["BRIDGE_RULES_FILE"] = str(config.rules_file)
+        env["BRIDGE_HASH_KEY"] = BENCH_HASH_KEY
     env["BRIDGE_LOG_LEVEL"] = "INFO"
     return env
 
@@ -253,6 +276,11 @@ def replicas(setup: Setup, config: Config, count: int) -> Iterator[list[BridgePr
     finally:
         for proc in procs:
             proc.kill()
+
+
+def cpu_seconds(procs: list[BridgeProcess]) -> float:
+    """User and system CPU time the processes used so far."""
+    return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in procs)
 
 
 def consuming_since(procs: list[BridgeProcess]) -> float:

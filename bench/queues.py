@@ -102,10 +102,12 @@ def generate(rabbit: Rabbit, amqp_url: str, prefix: str, events: int) -> list[Ca
     return messages
 
 
-def event_count(messages: list[Captured]) -> int:
-    """Events carried by ``messages``: a ``task.multi`` body holds a list."""
+def event_count(messages: list[Captured], of_type: str | None = None) -> int:
+    """Events carried by ``messages`` (a ``task.multi`` body holds a list); only those of
+    type ``of_type`` if given."""
     total = 0
     for m in messages:
         payload = orjson.loads(m.body)
-        total += len(payload) if isinstance(payload, list) else 1
+        events = payload if isinstance(payload, list) else [payload]
+        total += sum(of_type is None or e.get("type") == of_type for e in events)
     return total

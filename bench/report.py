@@ -15,6 +15,7 @@ from bench.latency import Latency
 from bench.ordering import Ordering
 
 TARGET_RATIO = 1.0
+TARGET_SHAPED_RATIO = 0.9
 TARGET_P99_MS = 25.0
 TARGET_P99_RATE = 2000.0
 TARGET_RSS_MB = 120.0
@@ -32,6 +33,12 @@ NOTES = (
     "(b) consumes a queue declared exactly like the bridge's (same type and arguments), with "
     "the bridge's prefetch, and acks with one multiple-ack per quarter of the prefetch (as the "
     "bridge acks contiguous runs), so it is the AMQP ceiling for manual acks here.",
+    "(e) is (c) with the typical rules file bench/rules.yaml (drop heartbeats, hash kwargs with "
+    "HMAC-SHA256, truncate tracebacks), draining the same messages: its events/s counts every "
+    "event drained, the dropped heartbeats included, so e/c is the cost of shaping. Bridge CPU "
+    "is the user and system time of the bridge processes during the drain, per event; e/c "
+    "(CPU) compares events per CPU second, which other work on the machine barely moves (it "
+    "takes wall-clock time, not CPU time, from the bridge), so the target is set on it.",
     "Latency: 'to send' is the record's CreateTime (set when the bridge appends the record to "
     "its batch, before Kafka acks it) minus the event's timestamp: a lower bound of "
     "event-to-ack. 'to consumer' is when a Kafka consumer (explicit assignment, 10 ms fetch "
@@ -73,15 +80,25 @@ class Report:
                 return round(rate[top] / rate[bottom], 3)
             return None
 
-        pairs = ("c/a", "c/b", "d/c", "s/r", "t/s")
-        return {
+        pairs = ("c/a", "c/b", "d/c", "e/c", "s/r", "t/s")
+        ratios = {
             pair: value
             for pair in pairs
-            if (value := ratio(*pair.split("/"))) is not None or pair[0] in "cd"
+            if (value := ratio(*pair.split("/"))) is not None or pair[0] in "cde"
         }
+        return ratios | {"e/c (CPU)": self._cpu_ratio("e", "c")}
+
+    def _cpu_ratio(self, top: str, bottom: str) -> float | None:
+        """Events per CPU second of ``top`` over ``bottom``: the events/s ratio of a bridge
+        that had its core to itself."""
+        cpu = {d.name: d.cpu_us_per_event for d in self.drains if d.cpu_us_per_event}
+        if top in cpu and bottom in cpu:
+            return round(cpu[bottom] / cpu[top], 3)
+        return None
 
     def targets(self) -> dict[str, dict[str, Any]]:
         ratio = self.ratios()["c/a"]
+        shaped = self.ratios()["e/c (CPU)"]
         at_rate = [lat for lat in self.latencies if lat.rate == TARGET_P99_RATE]
         p99 = at_rate[0].to_consumer.p99 if at_rate else None
         p99_ack = at_rate[0].to_ack.p99 if at_rate else None
@@ -91,6 +108,9 @@ class Report:
         peak = round(max(rss), 1) if rss else None
         return {
             "c/a >= 1.0": _target(ratio, ratio is not None and ratio >= TARGET_RATIO),
+            "e/c >= 0.9 (typical rules against none, per CPU second)": _target(
+                shaped, shaped is not None and shaped >= TARGET_SHAPED_RATIO
+            ),
             "p99 <= 25 ms at 2,000 events/s (to Kafka ack: % of events within 25 ms)": _target(
                 within, within is not None and within >= 99.0
             ),
@@ -123,13 +143,15 @@ class Report:
             f"Run {meta['started']} on {meta['machine']}: {meta['events']:,} events in "
             f"{meta['messages']:,} messages, bridge queue type {meta['queue_type']}.",
             "",
-            "| consumer | events/s | seconds | peak RSS (MB) |",
-            "|---|---:|---:|---:|",
+            "| consumer | events/s | seconds | peak RSS (MB) | bridge CPU (us/event) |",
+            "|---|---:|---:|---:|---:|",
         ]
         for d in self.drains:
             rss = f"{d.peak_rss_mb:.1f}" if d.peak_rss_mb is not None else "-"
+            cpu = f"{d.cpu_us_per_event:.1f}" if d.cpu_us_per_event is not None else "-"
             lines.append(
-                f"| ({d.name}) {d.label} | {d.events_per_second:,.0f} | {d.seconds:.2f} | {rss} |"
+                f"| ({d.name}) {d.label} | {d.events_per_second:,.0f} | {d.seconds:.2f} | {rss} "
+                f"| {cpu} |"
             )
         ratios = ", ".join(f"{k} = {v}" for k, v in self.ratios().items() if v is not None)
         lines += ["", f"Ratios: {ratios}.", ""]

@@ -43,7 +43,7 @@ def kafka_at(bootstrap: str | None, workdir: Path) -> Iterator[str]:
 
 def clean_up(amqp_url: str, prefix: str, rates: int) -> None:
     """Delete the run's queues and exchanges (one of each per consumer and per rate)."""
-    names = [f"{prefix}-{n}" for n in ("a", "b", "c", "d", *(f"l{i}" for i in range(rates)))]
+    names = [f"{prefix}-{n}" for n in ("a", "b", "c", "d", "e", *(f"l{i}" for i in range(rates)))]
     rabbit = Rabbit(amqp_url)
     try:
         for name in names:
@@ -59,6 +59,7 @@ DRAINS: dict[str, Callable[[Setup], Drain]] = {
     "b": drains.bare_kombu,
     "c": partial(drains.bridge, count=1),
     "d": partial(drains.bridge, count=2),
+    "e": partial(drains.bridge, count=1, rules=drains.RULES),
 }
 
 
@@ -131,7 +132,7 @@ def throughput(setup: Setup, which: str) -> list[Drain]:
 @click.option(
     "--drains",
     "which",
-    default="abcd",
+    default="abcde",
     show_default=True,
     help="Which throughput drains to run, e.g. 'ac' (empty: none).",
 )
@@ -162,7 +163,7 @@ def main(
     which: str,
     redis: bool,
 ) -> None:
-    """Drain N events four ways, then time events through the bridge at fixed rates."""
+    """Drain N events five ways, then time events through the bridge at fixed rates."""
     if quick:
         events, rates, rate_seconds = min(events, QUICK_EVENTS), QUICK_RATES, QUICK_SECONDS
         ordering_tasks = min(ordering_tasks, QUICK_TASKS)

@@ -52,3 +52,9 @@ def report(self: Any, progress: int) -> int:
 def refuse(self: Any) -> None:
     """Rejected without requeue: the worker sends task-rejected (acks_late, or it acked)."""
     raise Reject("refused", requeue=False)
+
+
+@app.task
+def login(user: str, password: str) -> str:
+    """Called with a secret: the shaping tests check that it never reaches Kafka."""
+    return f"{user} logged in"

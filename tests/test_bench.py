@@ -39,13 +39,15 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
 
     report = json.loads((tmp_path / "results.json").read_text())
     drains = {d["name"]: d for d in report["throughput"]}
-    assert sorted(drains) == ["a", "b", "c", "d", "r", "s", "t"]
-    assert all(drains[d]["events"] == report["meta"]["events"] >= 2000 for d in "abcd")
+    assert sorted(drains) == ["a", "b", "c", "d", "e", "r", "s", "t"]
+    assert all(drains[d]["events"] == report["meta"]["events"] >= 2000 for d in "abcde")
     assert drains["s"]["kafka_records"] >= drains["s"]["events"] == drains["r"]["events"] > 0
     assert all(d["events_per_second"] > 0 for d in drains.values())
     assert drains["c"]["kafka_records"] >= report["meta"]["events"]
     assert drains["c"]["peak_rss_mb"] > 0
-    assert set(report["ratios"]) == {"c/a", "c/b", "d/c", "s/r", "t/s"}
+    assert 0 < drains["e"]["kafka_records"] < report["meta"]["events"], "heartbeats dropped"
+    assert set(report["ratios"]) == {"c/a", "c/b", "d/c", "e/c", "e/c (CPU)", "s/r", "t/s"}
+    assert drains["e"]["cpu_us_per_event"] > 0
     assert report["meta"]["claim_us_per_message"] > 0
     (latency,) = report["latency"]
     assert latency["rate"] == 200
@@ -54,7 +56,7 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     assert 0 < latency["acked_within_25ms_pct"] <= 100, "read from the bridge's histogram"
     to_ack = latency["to_ack"]
     assert 0 < to_ack["p50"] <= to_ack["p95"] <= to_ack["p99"] <= to_ack["max"]
-    assert len(report["targets"]) == 5
+    assert len(report["targets"]) == 6
     orderings = {o["topology"]: o for o in report["ordering"]}
     assert sorted(orderings) == [
         "competing",

@@ -15,7 +15,8 @@ import hashlib
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import msgpack
 import orjson
@@ -40,6 +41,7 @@ JSON), msgpack."""
 
 _Header = tuple[str, bytes]
 Headers = list[_Header]
+FixedHeaders = tuple[_Header, ...]
 
 
 class Reason(StrEnum):
@@ -78,6 +80,30 @@ class EventRecord:
     hostname: str | None = None
     timestamp: float | None = None
     """The worker's clock when it sent the event (Celery's ``timestamp`` field)."""
+    topic: str | None = None
+    """Where a rule routes it; None: the events topic."""
+    verdict: Verdict | None = None
+    """What the shaping rules made of it, when there are rules."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the shaping rules do to one event (`Shaper`)."""
+
+    changed: bool = False
+    """A rule changed a field: the value is the canonical JSON of the changed event."""
+    drop: bool = False
+    topic: str | None = None
+    headers: FixedHeaders = ()
+    """Added to the record's own (``task_name``, ``shaped_by``)."""
+    applied: tuple[tuple[str, str], ...] = ()
+    """(rule, action) of each action taken, for the metrics."""
+
+
+class Shaper(Protocol):
+    """Called with each event before it is encoded; may change the event in place."""
+
+    def __call__(self, event: dict[str, Any], event_type: str) -> Verdict: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,19 +121,21 @@ Outcome = EventRecord | DeadLetter
 def event_id(event: dict[str, Any]) -> str:
     """Deterministic id: BLAKE2b-128 of the event's canonical JSON (`jsoncompat.canonical`:
     keys sorted, orjson's bytes for strict JSON); ``event`` as parsed, without kombu's hook."""
-    return _digest(jsoncompat.canonical(event)[0])
+    return digest(jsoncompat.canonical(event)[0])
 
 
 def _canonical(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
 
 
-def _digest(canonical: bytes) -> str:
+def digest(canonical: bytes) -> str:
+    """The ``event_id`` of an event written as ``canonical`` (its canonical JSON)."""
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
-def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
-    """Every event of the message as a record, every bad part as a dead letter."""
+def decode(envelope: Envelope, max_bytes: int, shaper: Shaper | None = None) -> list[Outcome]:
+    """Every event of the message as a record, every bad part as a dead letter; ``shaper``
+    (the rules) sees each event first."""
     body = envelope.body
     if len(body) > max_bytes:
         size = str(len(body)).encode()
@@ -117,15 +145,15 @@ def decode(envelope: Envelope, max_bytes: int) -> list[Outcome]:
     content_type = (envelope.content_type or "").partition(";")[0].strip().lower()
     if content_type == JSON_CONTENT_TYPE:
         try:
-            return _outcomes(envelope, orjson.loads(body), body, _FAST)
+            return _outcomes(envelope, orjson.loads(body), body, _FAST, shaper)
         except (orjson.JSONDecodeError, _Inexact):
-            return _exact_json(envelope)
+            return _exact_json(envelope, shaper)
     if content_type in MSGPACK_CONTENT_TYPES:
         try:
             payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             return [_dead(envelope, Reason.UNDECODABLE, str(exc), body)]
-        return _outcomes(envelope, payload, None, _MSGPACK)
+        return _outcomes(envelope, payload, None, _MSGPACK, shaper)
     detail = f"content type {content_type or 'missing'!r} is not json or msgpack"
     return [_dead(envelope, Reason.UNSUPPORTED_CONTENT_TYPE, detail, body)]
 
@@ -134,24 +162,28 @@ class _Inexact(Exception):
     """The fast path met a value orjson cannot write or may have altered."""
 
 
-def _exact_json(envelope: Envelope) -> list[Outcome]:
+def _exact_json(envelope: Envelope, shaper: Shaper | None) -> list[Outcome]:
     """A JSON body orjson refused or may have altered, read as kombu reads it."""
     try:
         payload = jsoncompat.loads_python(envelope.body)
     except (ValueError, RecursionError) as exc:
         detail = str(exc) or type(exc).__name__
         return [_dead(envelope, Reason.UNDECODABLE, detail, envelope.body)]
-    return _outcomes(envelope, payload, envelope.body, _PYTHON)
+    return _outcomes(envelope, payload, envelope.body, _PYTHON, shaper)
 
 
-def _outcomes(envelope: Envelope, payload: Any, raw: bytes | None, parser: str) -> list[Outcome]:
+def _outcomes(
+    envelope: Envelope, payload: Any, raw: bytes | None, parser: str, shaper: Shaper | None
+) -> list[Outcome]:
     """``raw``: the body, when it is JSON that can be passed through."""
     received_at = ("received_at", str(envelope.received_at_ms).encode())
+    # Chosen once per message, so without rules an event costs what it did before them.
+    judge = _judge if shaper is None else partial(_shaped, shaper)
     if isinstance(payload, dict):
-        return [_judge(envelope, received_at, payload, raw, index=None, parser=parser)]
+        return [judge(envelope, received_at, payload, raw, index=None, parser=parser)]
     if isinstance(payload, list) and payload:
         return [
-            _judge(envelope, received_at, item, None, index=i, parser=parser)
+            judge(envelope, received_at, item, None, index=i, parser=parser)
             for i, item in enumerate(payload)
         ]
     if isinstance(payload, list):
@@ -210,7 +242,7 @@ def _judge(
     if isinstance(uuid, str):
         task_id = uuid.encode()
         headers.append(("task_id", task_id))
-    headers += (("event_id", _digest(canonical).encode()), _JSON_HEADER, received_at)
+    headers += (("event_id", digest(canonical).encode()), _JSON_HEADER, received_at)
     if not strict:
         headers.append(NOT_STRICT_HEADER)
     return EventRecord(
@@ -221,6 +253,32 @@ def _judge(
         hostname,
         float(timestamp) if isinstance(timestamp, _NUMBER) else None,
     )
+
+
+def _shaped(
+    shaper: Shaper,
+    envelope: Envelope,
+    received_at: _Header,
+    item: Any,
+    raw: bytes | None,
+    *,
+    index: int | None,
+    parser: str,
+) -> Outcome:
+    """`_judge` with the rules: the shaper sees (and may change) the event before it is
+    encoded; a changed event is written as its canonical JSON, on which ``event_id`` is
+    computed."""
+    event_type = item.get("type") if isinstance(item, dict) else None
+    if not isinstance(event_type, str) or not event_type:
+        return _judge(envelope, received_at, item, raw, index=index, parser=parser)
+    verdict = shaper(item, event_type)
+    if verdict.changed:
+        raw = None
+    outcome = _judge(envelope, received_at, item, raw, index=index, parser=parser)
+    if isinstance(outcome, EventRecord):
+        outcome.headers += verdict.headers
+        outcome.topic, outcome.verdict = verdict.topic, verdict
+    return outcome
 
 
 def _exact(

@@ -49,6 +49,7 @@ _AMQP_SCHEMES = {"amqp", "amqps", "pyamqp"}
 _REDIS_SCHEMES = {"redis", "rediss"}
 ALIASES = {"broker_url": ("amqp_url",)}
 """Older names a setting is also read from (variable, flag, keyword)."""
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 class Config(BaseSettings):
@@ -224,6 +225,11 @@ class Config(BaseSettings):
         "binary-mode headers (ce_specversion, ce_id, ce_source, ce_type, ce_time, ce_subject, "
         "content-type); the value stays the event.",
     )
+    rules_file: FilePath | None = Field(
+        None,
+        description="YAML file of shaping rules (drop, mask, truncate or hash fields; drop or "
+        "route events); unset: every event as sent.",
+    )
     silent_task_events_seconds: float = Field(
         300.0,
         gt=0,
@@ -251,7 +257,7 @@ class Config(BaseSettings):
     @field_validator("topic", "dlq_topic")
     @classmethod
     def _valid_topic(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
+        if not TOPIC_NAME.fullmatch(value):
             raise ValueError("a Kafka topic name is 1-249 of [A-Za-z0-9._-]")
         return value
 
@@ -457,7 +463,7 @@ def secret_files(environ: Mapping[str, str]) -> dict[str, str]:
         if not (variable.startswith(ENV_PREFIX) and variable.endswith("_FILE")):
             continue
         if variable.removeprefix(ENV_PREFIX).lower() in Config.model_fields:
-            continue  # a setting of its own (BRIDGE_SOURCES_FILE), not a secret's file
+            continue  # a setting of its own naming a file (BRIDGE_SOURCES_FILE, BRIDGE_RULES_FILE)
         if name not in Config.model_fields:
             raise ConfigError(f"invalid setting {variable}: no setting {ENV_PREFIX}{name.upper()}")
         if {f"{ENV_PREFIX}{n.upper()}" for n in (name, *ALIASES.get(name, ()))} & environ.keys():

@@ -22,6 +22,7 @@ from celery_kafka_bridge.metrics import Metrics
 from celery_kafka_bridge.pipeline import Pipeline
 from celery_kafka_bridge.redis.source import RedisSource
 from celery_kafka_bridge.retry import retried
+from celery_kafka_bridge.shaper import Shaper
 from celery_kafka_bridge.source import Delivery, SourceThread
 from celery_kafka_bridge.sources import Source
 from celery_kafka_bridge.workers import WorkerActivity
@@ -65,11 +66,21 @@ class Lane:
     """A source's consumer, pipeline and producer, started and drained together."""
 
     def __init__(
-        self, source: Source, metrics: Metrics, health: Health, workers: WorkerActivity
+        self,
+        source: Source,
+        metrics: Metrics,
+        health: Health,
+        workers: WorkerActivity,
+        shaper: Shaper | None = None,
     ) -> None:
         config = self.config = source.config
         self.name = source.label
-        self.sink = KafkaSink(config, on_producer_reset=metrics.producer_reset, source=source.name)
+        self.sink = KafkaSink(
+            config,
+            on_producer_reset=metrics.producer_reset,
+            source=source.name,
+            routed_topics=shaper.topics if shaper is not None else (),
+        )
         self.source = _source_thread(source, metrics)
         self.pipeline = Pipeline(
             self.sink,
@@ -79,6 +90,7 @@ class Lane:
             metrics=metrics,
             workers=workers,
             kafka_denied=health.set_kafka_denied,
+            shaper=shaper,
         )
         self.audit = TopicAudit(
             self.sink.topics.topics,

@@ -25,6 +25,7 @@ from prometheus_client.utils import floatToGoString
 
 from celery_kafka_bridge.codec import EventRecord
 from celery_kafka_bridge.kafka.errors import Kind
+from celery_kafka_bridge.shaper import Shaper
 from celery_kafka_bridge.workers import WorkerActivity
 
 NAMESPACE = "celery_kafka_bridge"
@@ -168,6 +169,10 @@ class Metrics:
         are counters."""
         self._counts.sources.append((source, read))
 
+    def export_rules(self, shaper: Shaper) -> None:
+        """Export what each shaping rule did, and the withheld dead letters, when scraped."""
+        self.registry.register(_RulesCollector(shaper))
+
     def consumed(self, record: EventRecord) -> None:
         self._consumed.inc(record.event_type)
 
@@ -282,3 +287,24 @@ class _CountsCollector(Collector):
                     families[name] = kind(full, documentation, labels=["source"])
                 families[name].add_metric([source], value)  # type: ignore[attr-defined]
         yield from families.values()
+
+
+class _RulesCollector(Collector):
+    def __init__(self, shaper: Shaper) -> None:
+        self._shaper = shaper
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        applied = CounterMetricFamily(
+            f"{NAMESPACE}_rule_applied",
+            "Times a shaping rule acted: on an event (drop, route) or on one of its fields "
+            "(drop_field, mask, hash, truncate).",
+            labels=["rule", "action"],
+        )
+        for (rule, action), count in list(self._shaper.applied.items()):
+            applied.add_metric([rule, action], count)
+        yield applied
+        yield CounterMetricFamily(
+            f"{NAMESPACE}_dead_letters_withheld",
+            "Dead letters written without their value because the rules redact fields.",
+            value=self._shaper.withheld,
+        )

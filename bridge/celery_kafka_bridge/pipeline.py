@@ -1,7 +1,9 @@
 """From deliveries to Kafka and back to acks: the at-least-once core.
 
 Each delivery is decoded into records; it is acked only when Kafka confirmed every one of them
-(dead letters included). Failed sends are retried by kind (`kafka.errors`), never dropped: a
+(dead letters included). With a rules file, the `shaper.Shaper` shapes each event as it is
+decoded, and a delivery whose events the rules all dropped is complete at once. Failed sends
+are retried by kind (`kafka.errors`), never dropped: a
 record Kafka refuses for good is dead-lettered in its place, and while Kafka refuses the bridge's
 principal the bridge is unready. Acks leave in batches, as the contiguous prefix of completed
 deliveries of the current channel::
@@ -30,6 +32,7 @@ from celery_kafka_bridge.kafka.errors import RETRIABLE, TOO_LARGE, Kind, missing
 from celery_kafka_bridge.logs import describe
 from celery_kafka_bridge.metrics import Metrics
 from celery_kafka_bridge.retry import retried
+from celery_kafka_bridge.shaper import Shaper
 from celery_kafka_bridge.source import Delivery
 from celery_kafka_bridge.workers import WorkerActivity
 
@@ -84,6 +87,8 @@ class Pipeline:
     kafka_denied: Callable[[str | None], None] = lambda _reason: None
     """Told why Kafka refuses the bridge's writes (not authorized), and None once it takes
     them again (the bridge is unready meanwhile)."""
+    shaper: Shaper | None = None
+    """The rules file's drops, routes and redactions; None: every event as sent."""
 
     def __post_init__(self) -> None:
         self._inbox: asyncio.Queue[list[Delivery] | None] = asyncio.Queue()
@@ -145,8 +150,10 @@ class Pipeline:
         return self._in_flight == 0
 
     def _publish(self, delivery: Delivery) -> None:
-        outcomes = decode(delivery.envelope, self.max_message_bytes)
+        outcomes = decode(delivery.envelope, self.max_message_bytes, self.shaper)
         received_at = delivery.envelope.received_at_ms / 1000
+        if self.shaper is not None:
+            outcomes = self._settle(self.shaper, outcomes, received_at)
         pending = _Pending(delivery.generation, delivery.tag, len(outcomes), received_at)
         if delivery.generation == self._generation:
             self._tracker.add(delivery.tag)
@@ -160,6 +167,17 @@ class Pipeline:
                 self.metrics.consumed(outcome)
                 self.workers.observe(outcome, received_at)
             write(outcome, (pending, outcome))
+        if not outcomes:  # the rules dropped every event: nothing to wait for
+            self._completed(pending)
+
+    def _settle(self, shaper: Shaper, outcomes: list[Outcome], received_at: float) -> list[Outcome]:
+        """The outcomes the rules keep; the events they drop still count as consumed and as
+        signs of life of their worker (the watchdog reads heartbeats)."""
+        kept, dropped = shaper.settle(outcomes)
+        for record in dropped:
+            self.metrics.consumed(record)
+            self.workers.observe(record, received_at)
+        return kept
 
     def written(self, topic: str, tokens: list[_Token]) -> None:
         """A batch is in ``topic``."""
@@ -219,8 +237,11 @@ class Pipeline:
             self.stats.events += 1
             self.metrics.published(outcome, pending.received_at, now)
         pending.remaining -= 1
-        if pending.remaining:
-            return
+        if not pending.remaining:
+            self._completed(pending)
+
+    def _completed(self, pending: _Pending) -> None:
+        """Every record of the delivery is in Kafka: it may be acked."""
         self._in_flight -= 1
         if not self._in_flight:
             self._idle.set()

@@ -17,6 +17,8 @@ from celery_kafka_bridge.health import Health
 from celery_kafka_bridge.lane import Lane
 from celery_kafka_bridge.logs import describe
 from celery_kafka_bridge.metrics import Metrics
+from celery_kafka_bridge.rules import load_rules
+from celery_kafka_bridge.shaper import Shaper
 from celery_kafka_bridge.sources import Source, sources_of
 from celery_kafka_bridge.watchdog import Watchdog
 from celery_kafka_bridge.workers import WorkerActivity
@@ -28,16 +30,20 @@ async def run_bridge(config: Config, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or SIGTERM/SIGINT); raise what stopped it otherwise.
 
     With one source, its failure stops the bridge; with several (``BRIDGE_SOURCES_FILE``), a
-    failed source is reported unready and the others go on."""
+    failed source is reported unready and the others go on. A sources or rules file that
+    cannot be used raises `ConfigError` before anything connects."""
     sources = sources_of(config)
+    shaper = Shaper(load_rules(config.rules_file)) if config.rules_file else None
     metrics = Metrics()
+    if shaper is not None:
+        metrics.export_rules(shaper)
     workers = WorkerActivity()
     metrics.export_workers(workers)
     loop = asyncio.get_running_loop()
     metrics.loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # scraped on the loop
     health = Health(config, metrics, sources)
     async with _monitoring(config, sources, metrics, health, workers):
-        lanes = [Lane(source, metrics, health, workers) for source in sources]
+        lanes = [Lane(source, metrics, health, workers, shaper) for source in sources]
         await _run_bridge(config, lanes, health, stop or asyncio.Event())
 
 

@@ -35,12 +35,17 @@ class KafkaSink:
         config: Config,
         on_producer_reset: Callable[[], None] = lambda: None,
         source: str | None = None,
+        routed_topics: tuple[str, ...] = (),
     ) -> None:
-        """``source``: the name every record's ``source`` header carries (none if None)."""
+        """``source``: the name every record's ``source`` header carries (none if None);
+        ``routed_topics``: where shaping rules route events."""
         self._config = config
         self._source_header = [("source", source.encode())] if source is not None else []
         self._producer = Producer(self.producer_options(), on_producer_reset)
-        self.topics = TopicAdmin(config, [config.topic, config.dlq_topic])
+        # Every topic written to: events, dead letters, and where rules route events.
+        self.topics = TopicAdmin(
+            config, list(dict.fromkeys((config.topic, config.dlq_topic, *routed_topics)))
+        )
         self._partitions: dict[str, list[int]] = {}
         self._writers: list[BatchWriter[Any]] = []
 
@@ -78,7 +83,7 @@ class KafkaSink:
 
     async def refresh_partitions(self) -> None:
         """Look up (from the producer's metadata, fetched when missing) the topics' partitions."""
-        for topic in (self._config.topic, self._config.dlq_topic):
+        for topic in self.topics.topics:
             self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
 
     def writer(self, listener: Listener[Token]) -> Callable[[Outcome, Token], None]:
@@ -112,7 +117,7 @@ class KafkaSink:
         """Topic and key: dead letters have no key (they spread over the dead-letter topic)."""
         if isinstance(outcome, DeadLetter):
             return self._config.dlq_topic, None
-        return self._config.topic, outcome.key
+        return outcome.topic or self._config.topic, outcome.key
 
     async def stop(self) -> None:
         for batches in self._writers:
