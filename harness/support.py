@@ -182,17 +182,19 @@ def bridge_env(names: Names, bootstrap: str, **overrides: str) -> dict[str, str]
 
 
 class BridgeProcess:
-    """A bridge replica as a real process (`python -m celery_kafka_bridge run`): killable."""
+    """A bridge replica as a real process (`python -m celery_kafka_bridge run`, or another
+    command such as materialize): killable."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, command: str = "run") -> None:
         self.env = env
         self.log_path = log_path
+        self.command = command
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> BridgeProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery_kafka_bridge", "run"],
+                [sys.executable, "-m", "celery_kafka_bridge", self.command],
                 env={**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,

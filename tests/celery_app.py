@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from celery import Celery
@@ -52,3 +53,9 @@ def report(self: Any, progress: int) -> int:
 def refuse(self: Any) -> None:
     """Rejected without requeue: the worker sends task-rejected (acks_late, or it acked)."""
     raise Reject("refused", requeue=False)
+
+
+@app.task
+def nap(seconds: float) -> None:
+    """Runs long enough to be revoked, or to be running when its worker is killed."""
+    time.sleep(seconds)

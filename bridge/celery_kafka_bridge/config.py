@@ -171,12 +171,60 @@ class Config(BaseSettings):
         description="Warn when workers work but send no task event for this long.",
     )
 
-    @field_validator("topic", "dlq_topic")
+    tasks_topic: str = Field(
+        "celery.tasks", description="materialize: compacted topic of task states (key: uuid)."
+    )
+    workers_topic: str = Field(
+        "celery.workers",
+        description="materialize: compacted topic of worker states (key: hostname).",
+    )
+    derived_topic: str = Field(
+        "celery.derived",
+        description="materialize: topic of derived events (task-lost, task-stuck, worker-lost, "
+        "events-missing).",
+    )
+    offsets_topic: str = Field(
+        "celery.materialize.offsets",
+        description="materialize: compacted topic of its input positions (key: topic/partition).",
+    )
+    tombstone_after_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        description="materialize: delete a task from the tasks topic this long after it finished.",
+    )
+    stuck_after: str = Field(
+        "*=3600",
+        description="materialize: task-stuck thresholds, pattern=seconds[,pattern=seconds...] "
+        "matched against the task name in order (shell patterns).",
+    )
+    completeness_grace_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="materialize: wait this long after a heartbeat for the task events it "
+        "counted before comparing the two.",
+    )
+    max_tasks: int = Field(
+        1_000_000, ge=1, description="materialize: tasks kept in memory (least recent dropped)."
+    )
+
+    @field_validator(
+        "topic", "dlq_topic", "tasks_topic", "workers_topic", "derived_topic", "offsets_topic"
+    )
     @classmethod
     def _valid_topic(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
             raise ValueError("a Kafka topic name is 1-249 of [A-Za-z0-9._-]")
         return value
+
+    @field_validator("stuck_after")
+    @classmethod
+    def _valid_stuck_after(cls, value: str) -> str:
+        stuck_thresholds(value)
+        return value
+
+    @property
+    def stuck_thresholds(self) -> list[tuple[str, float]]:
+        return stuck_thresholds(self.stuck_after)
 
     @field_validator("amqp_url")
     @classmethod
@@ -279,6 +327,21 @@ class Config(BaseSettings):
     def from_flags(cls, flags: Mapping[str, Any]) -> Config:
         """`load` with the command-line flags that were given (click passes None for the rest)."""
         return cls.load(**{name: value for name, value in flags.items() if value is not None})
+
+
+def stuck_thresholds(text: str) -> list[tuple[str, float]]:
+    """``pattern=seconds,...`` as (pattern, seconds) pairs; ValueError names the bad part."""
+    pairs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        pattern, _, seconds = part.rpartition("=")
+        try:
+            threshold = float(seconds)
+        except ValueError:
+            threshold = -1.0
+        if not pattern or not threshold > 0:
+            raise ValueError(f"{part!r} is not pattern=seconds (seconds > 0)")
+        pairs.append((pattern, threshold))
+    return pairs
 
 
 def split_servers(servers: str) -> list[str]:

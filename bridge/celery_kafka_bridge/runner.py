@@ -99,7 +99,7 @@ async def _run_bridge(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sink = KafkaSink(config, on_producer_reset=metrics.producer_reset)
-    if not await _until_stopped(sink.start(), stop):
+    if not await until_stopped(sink.start(), stop):
         return
     source = AmqpSource(config, topology_for(config))
     pipeline = Pipeline(
@@ -137,7 +137,7 @@ async def _run_bridge(
         listener.fatal.result()
 
 
-async def _until_stopped(coro: Any, stop: asyncio.Event) -> bool:
+async def until_stopped(coro: Any, stop: asyncio.Event) -> bool:
     """Run ``coro`` unless ``stop`` is set first; True if it completed."""
     task = asyncio.ensure_future(coro)
     stopper = asyncio.ensure_future(stop.wait())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -77,31 +77,7 @@ class KafkaSink:
 
     async def ensure_topics(self) -> None:
         """Create missing topics with the configured layout; never alter existing ones."""
-        config = self._config
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=config.bootstrap_servers,
-            request_timeout_ms=10_000,
-            **kafka_security(config),
-        )
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            missing = [t for t in (config.topic, config.dlq_topic) if t not in existing]
-            if not missing:
-                return
-            response = await admin.create_topics(
-                [
-                    NewTopic(t, config.topic_partitions, config.topic_replication_factor)
-                    for t in missing
-                ]
-            )
-            for topic, code, message in response.topic_errors:
-                if code not in (0, _TOPIC_ALREADY_EXISTS):
-                    raise TransientError(f"creating topic {topic} failed: {code} {message}")
-                if code == 0:
-                    log.info("created kafka topic %s", topic)
-        finally:
-            await admin.close()
+        await create_topics(self._config, {self._config.topic: {}, self._config.dlq_topic: {}})
 
     async def watch_topics(self, interval: float = TOPIC_CHECK_SECONDS) -> None:
         """Forever: recreate the topics if they vanish, e.g. a broker replaced by an empty one.
@@ -156,3 +132,37 @@ class KafkaSink:
         for batches in self._writers:
             await batches.close()
         await self._producer.stop()
+
+
+async def create_topics(config: Config, wanted: Mapping[str, Mapping[str, str]]) -> None:
+    """Create those of ``wanted`` (name: topic configs, e.g. cleanup.policy) that are missing,
+    with the configured partitions and replication; never alter existing ones."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=config.bootstrap_servers,
+        request_timeout_ms=10_000,
+        **kafka_security(config),
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        if not missing:
+            return
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    t,
+                    config.topic_partitions,
+                    config.topic_replication_factor,
+                    topic_configs=dict(wanted[t]),
+                )
+                for t in missing
+            ]
+        )
+        for topic, code, message in response.topic_errors:
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                raise TransientError(f"creating topic {topic} failed: {code} {message}")
+            if code == 0:
+                log.info("created kafka topic %s", topic)
+    finally:
+        await admin.close()
