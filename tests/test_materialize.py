@@ -11,6 +11,7 @@ from typing import Any
 
 import psutil
 import pytest
+from celery import states
 
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from harness.materialize import (
@@ -23,6 +24,9 @@ from harness.materialize import (
 from harness.support import BridgeProcess, Names, Rabbit, poll, start_worker, stop_worker
 from tests.conftest import BridgeFactory
 from tests.test_bridge_end_to_end import client_app, run_task_mix
+
+
+FINAL = states.READY_STATES
 
 
 def kill_worker(process: subprocess.Popen[bytes]) -> None:
@@ -109,6 +113,14 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
             interval=0.5,
             what="task-lost for the killed worker's tasks",
         )
+        poll(
+            lambda: all(
+                tables_of(kafka, steady_env).get(t, {}).get("state") in FINAL for t in task_ids
+            ),
+            60,
+            interval=0.5,
+            what="every healthy task to finish",
+        )
         stop_worker(healthy)  # a clean worker-offline: its tasks are all finished
         poll(lambda: rabbit.queue_state(names.queue) == (0, 1), 30, what="bridge queue drained")
         expected = celery_state(rabbit.drain(witness), kafka.bootstrap_servers, names.topic)
@@ -127,7 +139,7 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
         assert [e["hostname"] for e in steady if e["type"] == "worker-lost"] == [
             f"doomed-{names.suffix}@h"
         ]
-        assert not [e for e in steady if e["type"] == "events-missing"]
+        assert not [e for e in steady if e["type"] == "events-missing"], steady
         workers = table(kafka.bootstrap_servers, steady_env["BRIDGE_WORKERS_TOPIC"])
         assert workers[f"healthy-{names.suffix}@h"]["status"] == "offline"
         assert workers[f"doomed-{names.suffix}@h"]["status"] == "lost"

@@ -134,8 +134,11 @@ def reconcile(hostname: str, tally: Tally, claim: Claim, now: float) -> Derived 
     """Compare a claim with the task-started events seen since the tally's base and move the
     base to the claim; an ``events-missing`` event if fewer were seen than counted.
 
-    A new pid or a smaller count is a restarted worker: the claim becomes the base unchecked.
+    A new pid or a smaller count is a restarted worker: the claim becomes the base unchecked. A
+    claim from before the base (read again after a restart) changes nothing.
     """
+    if tally.pid == claim.pid and claim.clock <= tally.clock:
+        return None  # read again after a restart: the base is past it already
     fresh = tally.pid is None or tally.pid != claim.pid or claim.processed < tally.processed
     seen = bisect_right(tally.started, claim.clock)
     gap = claim.processed - tally.processed - seen
