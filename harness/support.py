@@ -43,7 +43,7 @@ def amqp_url() -> str:
     return _current["amqp_url"]
 
 
-def management(method: str, path: str, body: dict[str, str] | None = None) -> Any:
+def management(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """One call of RabbitMQ's management HTTP API as the base URL's user; its JSON answer."""
     url = urlsplit(BASE_AMQP_URL)
     credentials = f"{unquote(url.username or 'guest')}:{unquote(url.password or 'guest')}"

@@ -3,16 +3,18 @@ a materializer killed mid-run; derived events name the lost work."""
 
 from __future__ import annotations
 
-import signal
+import contextlib
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psutil
 import pytest
 from celery import states
 
+from celery_kafka_bridge.codec import event_id
 from celery_kafka_bridge.embedded import EmbeddedKafka
 from harness.materialize import (
     celery_state,
@@ -21,12 +23,30 @@ from harness.materialize import (
     start_materialize,
     table,
 )
-from harness.support import BridgeProcess, Names, Rabbit, poll, start_worker, stop_worker
+from harness.support import (
+    BridgeProcess,
+    Names,
+    Rabbit,
+    events_of,
+    management,
+    poll,
+    read_topic,
+    start_worker,
+    stop_worker,
+)
 from tests.conftest import BridgeFactory
 from tests.test_bridge_end_to_end import client_app, run_task_mix
 
-
 FINAL = states.READY_STATES
+
+
+@pytest.fixture
+def materializers() -> Iterator[list[BridgeProcess]]:
+    """Materializer processes a test started, killed at its end."""
+    started: list[BridgeProcess] = []
+    yield started
+    for process in started:
+        process.kill()
 
 
 def kill_worker(process: subprocess.Popen[bytes]) -> None:
@@ -70,12 +90,13 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
     witness: str,
     start_bridge: BridgeFactory,
     worker: Callable[..., subprocess.Popen[bytes]],
+    materializers: list[BridgeProcess],
     tmp_path: Path,
 ) -> None:
     start_bridge()
     steady_env = materialize_env(names, kafka.bootstrap_servers, "steady")
     moved_env = materialize_env(names, kafka.bootstrap_servers, "moved")
-    processes: list[BridgeProcess] = []
+    processes = materializers
     doomed_queue = f"{names.task_queue}-doomed"
     doomed_worker = start_worker(
         names.exchange, doomed_queue, tmp_path / "doomed.log", hostname=f"doomed-{names.suffix}@h"
@@ -148,7 +169,92 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
             processes[0].metric("celery_kafka_bridge_derived_events_total", type="task-lost") == 2
         )
     finally:
-        for process in processes:
-            process.kill()
         if doomed_worker.poll() is None:
             kill_worker(doomed_worker)
+
+
+@contextlib.contextmanager
+def unbound(vhost: str, exchange: str, queue: str) -> Iterator[None]:
+    """The queue's bindings to the exchange removed for the block, then put back."""
+    where = (
+        f"bindings/{quote(vhost, safe='')}/e/{quote(exchange, safe='')}/q/{quote(queue, safe='')}"
+    )
+    bindings = management("GET", where)
+    assert bindings, f"{queue} is not bound to {exchange}"
+    for binding in bindings:
+        management("DELETE", f"{where}/{quote(binding['properties_key'], safe='')}")
+    try:
+        yield
+    finally:
+        for binding in bindings:
+            management(
+                "POST",
+                where,
+                {"routing_key": binding["routing_key"], "arguments": binding["arguments"]},
+            )
+
+
+def started_ids(events: list[dict[str, Any]], hostname: str) -> set[str]:
+    return {
+        event_id(e) for e in events if e["type"] == "task-started" and e["hostname"] == hostname
+    }
+
+
+@pytest.mark.slow
+def test_a_worker_whose_events_are_refused_for_a_while_is_reported_with_the_exact_count(
+    names: Names,
+    kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+    worker: Callable[..., subprocess.Popen[bytes]],
+    materializers: list[BridgeProcess],
+    tmp_path: Path,
+) -> None:
+    start_bridge()
+    env = materialize_env(
+        names, kafka.bootstrap_servers, "count", BRIDGE_COMPLETENESS_GRACE_SECONDS="2"
+    )
+    materializer = start_materialize(env, tmp_path / "materialize.log")
+    materializers.append(materializer)
+    hostname = f"dropped-{names.suffix}@h"
+    worker_log = tmp_path / "worker-0.log"
+    celery_worker = worker(hostname=hostname)
+    app = client_app(names)
+    finished = 0
+
+    def run(count: int) -> None:
+        nonlocal finished
+        for i in range(count):
+            app.send_task("tests.celery_app.add", (i, i))
+        finished += count
+        poll(
+            lambda: worker_log.read_text().count("succeeded in") >= finished,
+            30,
+            what=f"{finished} tasks to finish",
+        )
+
+    run(5)
+    with unbound(names.vhost, names.exchange, names.queue):  # events lost before the bridge
+        run(12)
+    run(5)
+    stop_worker(celery_worker)  # worker-offline carries the final count
+    app.close()
+    poll(lambda: rabbit.queue_state(names.queue) == (0, 1), 30, what="bridge queue drained")
+    sent = started_ids(events_of(rabbit.drain(witness)), hostname)
+    stored = {
+        r.headers["event_id"].decode()
+        for r in read_topic(kafka.bootstrap_servers, names.topic, idle=1.0)
+    }
+    lost = len(sent - stored)
+    assert lost > 0, "the policy refused no task-started event"
+
+    def reported() -> int:
+        events = derived_events(kafka.bootstrap_servers, env["BRIDGE_DERIVED_TOPIC"])
+        return sum(e["missing"] for e in events if e["type"] == "events-missing")
+
+    poll(lambda: reported() >= lost, 30, interval=0.5, what=f"{lost} missing events reported")
+    assert reported() == lost
+    assert (
+        materializer.metric("celery_kafka_bridge_events_missing_total", hostname=hostname) == lost
+    )
