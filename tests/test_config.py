@@ -54,6 +54,10 @@ def test_a_secret_is_read_from_its_file(monkeypatch: pytest.MonkeyPatch, tmp_pat
         ),
         ({"BRIDGE_AMQP_URL_FILE": "/nonexistent"}, "BRIDGE_AMQP_URL_FILE"),
         ({"BRIDGE_NO_SUCH_FILE": "/x"}, "BRIDGE_NO_SUCH_FILE"),
+        ({"BRIDGE_STUCK_AFTER": "tasks.*=soon"}, "BRIDGE_STUCK_AFTER"),
+        ({"BRIDGE_STUCK_AFTER": "=60"}, "BRIDGE_STUCK_AFTER"),
+        ({"BRIDGE_TASKS_TOPIC": "no spaces"}, "BRIDGE_TASKS_TOPIC"),
+        ({"BRIDGE_TOMBSTONE_AFTER_SECONDS": "0"}, "BRIDGE_TOMBSTONE_AFTER_SECONDS"),
     ],
 )
 def test_a_bad_setting_fails_with_one_line_naming_it(

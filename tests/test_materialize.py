@@ -94,8 +94,9 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
     tmp_path: Path,
 ) -> None:
     start_bridge()
-    steady_env = materialize_env(names, kafka.bootstrap_servers, "steady")
-    moved_env = materialize_env(names, kafka.bootstrap_servers, "moved")
+    stuck = {"BRIDGE_STUCK_AFTER": "tests.celery_app.nap=1"}
+    steady_env = materialize_env(names, kafka.bootstrap_servers, "steady", **stuck)
+    moved_env = materialize_env(names, kafka.bootstrap_servers, "moved", **stuck)
     processes = materializers
     doomed_queue = f"{names.task_queue}-doomed"
     doomed_worker = start_worker(
@@ -157,6 +158,7 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
             assert event["hostname"] == f"doomed-{names.suffix}@h"
             assert event["evidence"]["state"] == "STARTED"
             assert event["evidence"]["worker"] == "heartbeats stopped"
+        assert {e["uuid"] for e in steady if e["type"] == "task-stuck"} == set(doomed)
         assert [e["hostname"] for e in steady if e["type"] == "worker-lost"] == [
             f"doomed-{names.suffix}@h"
         ]
