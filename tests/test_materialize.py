@@ -4,18 +4,24 @@ a materializer killed mid-run; derived events name the lost work."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import psutil
 import pytest
 from celery import states
+from click.testing import CliRunner
 
+from celery_kafka_bridge.cli import main
 from celery_kafka_bridge.codec import event_id
 from celery_kafka_bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.reader.tables import lookup_task
 from harness.materialize import (
     celery_state,
     derived_events,
@@ -62,6 +68,12 @@ def tables_of(kafka: EmbeddedKafka, env: dict[str, str]) -> dict[str, Any]:
     return table(kafka.bootstrap_servers, env["BRIDGE_TASKS_TOPIC"])
 
 
+def without_clock(tasks: dict[str, Any]) -> dict[str, Any]:
+    """The tasks without ``clock``: after a task-sent event Celery's receiver sets it from its
+    own clock, which depends on everything that receiver read before (docs/materialize.md)."""
+    return {uuid: {k: v for k, v in task.items() if k != "clock"} for uuid, task in tasks.items()}
+
+
 def assert_settles(read: Callable[[], dict[str, Any]], expected: dict[str, Any]) -> None:
     """``read()`` comes to equal ``expected`` (the materializer catches up); else the keys
     that differ."""
@@ -82,6 +94,55 @@ def assert_settles(read: Callable[[], dict[str, Any]], expected: dict[str, Any])
         raise AssertionError("\n".join(wrong)) from None
 
 
+def assert_readers_use_the_tables(
+    kafka: EmbeddedKafka, env: dict[str, str], expected: dict[str, Any], task_id: str
+) -> None:
+    """The library's lookup, `timeline` and `state` answer from the tasks table and say so."""
+    servers, tasks_topic = [kafka.bootstrap_servers], env["BRIDGE_TASKS_TOPIC"]
+    assert lookup_task(servers, task_id, tasks_topic) == expected[task_id]
+    assert lookup_task(servers, "no-such-task", tasks_topic) is None
+    topics = ["--kafka-bootstrap-servers", kafka.bootstrap_servers, "--topic", env["BRIDGE_TOPIC"]]
+    tables = ["--tasks-topic", tasks_topic, "--workers-topic", env["BRIDGE_WORKERS_TOPIC"]]
+    result = CliRunner().invoke(
+        main, ["timeline", task_id, "--json", *topics, tables[0], tables[1]]
+    )
+    assert result.exit_code == 0, result.output
+    timeline = orjson.loads(result.stdout)
+    assert (timeline["source"], timeline["state"]) == (tasks_topic, expected[task_id]["state"])
+    result = CliRunner().invoke(main, ["state", "--json", *topics, *tables])
+    assert result.exit_code == 0, result.output
+    summary = orjson.loads(result.stdout)
+    assert summary["source"] == tasks_topic
+    assert summary["by_state"] == dict(
+        sorted(Counter(t["state"] for t in expected.values()).items())
+    )
+
+
+def wait_until_final(kafka: EmbeddedKafka, env: dict[str, str], task_ids: list[str]) -> None:
+    def unfinished() -> dict[str, str]:
+        tasks = tables_of(kafka, env)
+        states = {t: tasks.get(t, {}).get("state", "-") for t in task_ids}
+        return {t: state for t, state in states.items() if state not in FINAL}
+
+    try:
+        poll(lambda: not unfinished(), 60, interval=0.5, what="the tasks to finish")
+    except AssertionError:
+        raise AssertionError(f"unfinished: {unfinished()}") from None
+
+
+def assert_derived(steady: list[dict[str, Any]], doomed: list[str], hostname: str) -> None:
+    """The killed worker's tasks lost and stuck, the worker lost; nothing missing."""
+    lost = {e["uuid"]: e for e in steady if e["type"] == "task-lost"}
+    assert set(lost) == set(doomed)
+    for event in lost.values():
+        assert event["hostname"] == hostname
+        assert event["evidence"]["state"] == "STARTED"
+        assert event["evidence"]["worker"] == "heartbeats stopped"
+    assert {e["uuid"] for e in steady if e["type"] == "task-stuck"} == set(doomed)
+    assert [e["hostname"] for e in steady if e["type"] == "worker-lost"] == [hostname]
+    assert not [e for e in steady if e["type"] == "events-missing"], steady
+
+
 @pytest.mark.slow
 def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill(
     names: Names,
@@ -97,16 +158,16 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
     stuck = {"BRIDGE_STUCK_AFTER": "tests.celery_app.nap=1"}
     steady_env = materialize_env(names, kafka.bootstrap_servers, "steady", **stuck)
     moved_env = materialize_env(names, kafka.bootstrap_servers, "moved", **stuck)
-    processes = materializers
+    doomed_host = f"doomed-{names.suffix}@h"
     doomed_queue = f"{names.task_queue}-doomed"
     doomed_worker = start_worker(
-        names.exchange, doomed_queue, tmp_path / "doomed.log", hostname=f"doomed-{names.suffix}@h"
+        names.exchange, doomed_queue, tmp_path / "d.log", hostname=doomed_host
     )
     try:
-        processes.append(start_materialize(steady_env, tmp_path / "steady.log"))
+        steady = start_materialize(steady_env, tmp_path / "steady.log")
         first = start_materialize(moved_env, tmp_path / "moved-1.log")
         standby = start_materialize(moved_env, tmp_path / "moved-2.log", wait=False)
-        processes += [first, standby]
+        materializers += [steady, first, standby]
         healthy = worker(hostname=f"healthy-{names.suffix}@h")
         app = client_app(names)
         task_ids = run_task_mix(app)
@@ -121,55 +182,24 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
         kill_worker(doomed_worker)
         task_ids += run_task_mix(app)
         app.close()
-        poll(
-            lambda: (
-                {
-                    e.get("uuid")
-                    for e in derived_events(
-                        kafka.bootstrap_servers, moved_env["BRIDGE_DERIVED_TOPIC"]
-                    )
-                }
-                >= set(doomed)
-            ),
-            60,
-            interval=0.5,
-            what="task-lost for the killed worker's tasks",
-        )
-        poll(
-            lambda: all(
-                tables_of(kafka, steady_env).get(t, {}).get("state") in FINAL for t in task_ids
-            ),
-            60,
-            interval=0.5,
-            what="every healthy task to finish",
-        )
+        wait_until_final(kafka, steady_env, task_ids)
         stop_worker(healthy)  # a clean worker-offline: its tasks are all finished
         poll(lambda: rabbit.queue_state(names.queue) == (0, 1), 30, what="bridge queue drained")
         expected = celery_state(rabbit.drain(witness), kafka.bootstrap_servers, names.topic)
         assert set(task_ids + doomed) <= set(expected)
         for env in (steady_env, moved_env):
-            assert_settles(lambda env=env: tables_of(kafka, env), expected)
-        steady = derived_events(kafka.bootstrap_servers, steady_env["BRIDGE_DERIVED_TOPIC"])
-        moved = derived_events(kafka.bootstrap_servers, moved_env["BRIDGE_DERIVED_TOPIC"])
-        assert {e["id"] for e in moved} == {e["id"] for e in steady}  # none missing after the kill
-        lost = {e["uuid"]: e for e in steady if e["type"] == "task-lost"}
-        assert set(lost) == set(doomed)
-        for event in lost.values():
-            assert event["hostname"] == f"doomed-{names.suffix}@h"
-            assert event["evidence"]["state"] == "STARTED"
-            assert event["evidence"]["worker"] == "heartbeats stopped"
-        assert {e["uuid"] for e in steady if e["type"] == "task-stuck"} == set(doomed)
-        assert [e["hostname"] for e in steady if e["type"] == "worker-lost"] == [
-            f"doomed-{names.suffix}@h"
-        ]
-        assert not [e for e in steady if e["type"] == "events-missing"], steady
+            read = functools.partial(tables_of, kafka, env)
+            assert_settles(lambda: without_clock(read()), without_clock(expected))  # noqa: B023
+        assert_readers_use_the_tables(kafka, steady_env, expected, task_ids[0])
+        found = derived_events(kafka.bootstrap_servers, steady_env["BRIDGE_DERIVED_TOPIC"])
+        assert_derived(found, doomed, doomed_host)
+        after_kill = derived_events(kafka.bootstrap_servers, moved_env["BRIDGE_DERIVED_TOPIC"])
+        assert {e["id"] for e in after_kill} == {e["id"] for e in found}  # none missing
         workers = table(kafka.bootstrap_servers, steady_env["BRIDGE_WORKERS_TOPIC"])
         assert workers[f"healthy-{names.suffix}@h"]["status"] == "offline"
-        assert workers[f"doomed-{names.suffix}@h"]["status"] == "lost"
-        assert processes[0].metric("celery_kafka_bridge_events_missing_total") == 0
-        assert (
-            processes[0].metric("celery_kafka_bridge_derived_events_total", type="task-lost") == 2
-        )
+        assert workers[doomed_host]["status"] == "lost"
+        assert steady.metric("celery_kafka_bridge_events_missing_total") == 0
+        assert steady.metric("celery_kafka_bridge_derived_events_total", type="task-lost") == 2
     finally:
         if doomed_worker.poll() is None:
             kill_worker(doomed_worker)

@@ -14,7 +14,7 @@ from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.demo import run_demo
 from celery_kafka_bridge.errors import ConfigError
 from celery_kafka_bridge.logs import describe, setup_logging
-from celery_kafka_bridge.materialize import run_materialize
+from celery_kafka_bridge.materialize.service import run_materialize
 from celery_kafka_bridge.options import setting_options
 from celery_kafka_bridge.reader.commands import COMMANDS
 from celery_kafka_bridge.runner import run_bridge

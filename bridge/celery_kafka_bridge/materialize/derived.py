@@ -138,9 +138,10 @@ def reconcile(hostname: str, tally: Tally, claim: Claim, now: float) -> Derived 
     claim from before the base (read again after a restart) changes nothing.
     """
     if tally.pid == claim.pid and claim.clock <= tally.clock:
-        return None  # read again after a restart: the base is past it already
+        return None  # read after a later one, or again after a restart: the base is past it
     fresh = tally.pid is None or tally.pid != claim.pid or claim.processed < tally.processed
-    seen = bisect_right(tally.started, claim.clock)
+    started = tally.started.get(claim.pid or 0, [])
+    seen = bisect_right(started, claim.clock)
     gap = claim.processed - tally.processed - seen
     previous = (tally.clock, tally.processed, tally.at)
     tally.pid, tally.clock, tally.processed, tally.at = (
@@ -149,7 +150,7 @@ def reconcile(hostname: str, tally: Tally, claim: Claim, now: float) -> Derived 
         claim.processed,
         claim.at,
     )
-    tally.started = [] if fresh else tally.started[seen:]
+    tally.started = {claim.pid or 0: started[seen:]}  # other pids: a worker before its restart
     if fresh or gap <= 0:
         return None
     tally.missing += gap

@@ -89,7 +89,7 @@ class Engine:
                 self._dirty_tasks.add(task_id)
                 self._tombstones.discard(task_id)
                 self._track(task_id)
-            if kind == "task-started" and hostname in self.books:
+            if kind == "task-started" and hostname is not None:
                 self._count_started(hostname, event)
         elif hostname is not None and kind in _CLAIM_EVENTS:
             self._worker_event(hostname, event)
@@ -112,12 +112,16 @@ class Engine:
                 self._claims.append((time.monotonic() + self.grace, hostname, claim))
 
     def _count_started(self, hostname: str, event: Event) -> None:
-        tally, clock = self.books[hostname].tally, event.clock
-        if clock is None or event.data.get("pid") != tally.pid or clock <= tally.clock:
-            return
+        tally, clock, pid = (
+            self.books.setdefault(hostname, WorkerBook()).tally,
+            event.clock,
+            event.data.get("pid"),
+        )
+        if clock is None or not isinstance(pid, int) or (pid == tally.pid and clock <= tally.clock):
+            return  # counted in the base claim already
         if event.offset < tally.positions.get(event.partition, 0):
             return  # counted before the record was written (read again after a restart)
-        insort(tally.started, clock)
+        insort(tally.started.setdefault(pid, []), clock)
         self._dirty_workers.add(hostname)  # the tally in its record must cover its position
 
     def _track(self, uuid: str) -> None:

@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.kafka.sink import RETRIABLE, create_topics
 from celery_kafka_bridge.materialize.engine import Flush
 from celery_kafka_bridge.materialize.monitor import MaterializeMetrics
 from celery_kafka_bridge.materialize.tables import dumps
+from celery_kafka_bridge.reader.tables import Table
+from celery_kafka_bridge.reader.tables import read_table as read_whole_table
 from celery_kafka_bridge.retry import backoff
 from celery_kafka_bridge.tls import kafka_security
 
 log = logging.getLogger(__name__)
 
 COMPACT = {"cleanup.policy": "compact"}
-IDLE_SECONDS = 1.0
-"""A table is read once past the end offsets seen at the start and idle this long: some brokers
-(Tansu) report end offsets that trail what they serve."""
-
-Table = dict[str, tuple[bytes | None, dict[str, bytes]]]
-"""Key: (latest value, its headers); a tombstone's value is None."""
 
 
 async def ensure_topics(config: Config) -> None:
@@ -39,44 +34,8 @@ async def ensure_topics(config: Config) -> None:
 
 
 async def read_table(config: Config, topic: str) -> Table:
-    """The latest record of every key of a compacted topic."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=config.bootstrap_servers,
-        client_id="celery-kafka-bridge-materialize",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **kafka_security(config),
-    )
-    await consumer.start()
-    table: Table = {}
-    try:
-        partitions = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        last = time.monotonic()
-        while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-            for records in batches.values():
-                for record in records:
-                    if record.key is not None:
-                        headers = dict(record.headers or ())
-                        table[record.key.decode()] = (record.value, headers)
-            if batches:
-                last = time.monotonic()
-            elif time.monotonic() - last >= IDLE_SECONDS and all(
-                [await consumer.position(tp) >= end for tp, end in ends.items()]
-            ):
-                return table
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
-    while not (found := consumer.partitions_for_topic(topic)):
-        await asyncio.sleep(0.2)
-        await consumer.topics()  # refreshes the metadata
-    return sorted(found)
+    """The latest record of every key of one of the materializer's topics."""
+    return await read_whole_table(config.bootstrap_servers, topic, **kafka_security(config))
 
 
 def position_key(topic: str, partition: int) -> str:

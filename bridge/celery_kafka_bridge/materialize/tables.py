@@ -57,7 +57,9 @@ class Tally:
     clock: int = 0
     processed: int = 0
     at: float | None = None
-    started: list[int] = field(default_factory=list)
+    started: dict[int, list[int]] = field(default_factory=dict)
+    """Per worker pid, the clocks (sorted) of its task-started events not yet compared: the
+    events of its partitions can be read before the heartbeat they precede, or before any."""
     missing: int = 0
     positions: dict[int, int] = field(default_factory=dict)
     """The input positions (partition: next offset) when the record was written: after a
@@ -78,7 +80,7 @@ def worker_value(worker: Any, book: WorkerBook, now: float) -> dict[str, Any]:
     if worker.heartbeats:
         status = "online" if now < worker.heartbeat_expires else "lost"
     else:
-        status = "offline"
+        status = "offline" if book.last_heartbeat is not None else "unknown"  # task events only
     tally = book.tally
     return {
         "hostname": worker.hostname,
@@ -100,7 +102,7 @@ def worker_value(worker: Any, book: WorkerBook, now: float) -> dict[str, Any]:
             "clock": tally.clock,
             "processed": tally.processed,
             "at": tally.at,
-            "started": tally.started,
+            "started": {str(pid): clocks for pid, clocks in tally.started.items()},
             "missing": tally.missing,
             "positions": {str(k): v for k, v in tally.positions.items()},
         },
@@ -121,8 +123,9 @@ def restore_worker(state: State, value: dict[str, Any]) -> WorkerBook:
         worker.heartbeats[:] = [value["last_heartbeat"]]
     tally = dict(value.get("completeness") or {})
     positions = {int(k): int(v) for k, v in (tally.pop("positions", None) or {}).items()}
+    started = {int(k): list(v) for k, v in (tally.pop("started", None) or {}).items()}
     return WorkerBook(
         last_heartbeat=value.get("last_heartbeat"),
         lost=bool(value.get("lost_reported")),
-        tally=Tally(**tally, positions=positions),
+        tally=Tally(**tally, positions=positions, started=started),
     )
