@@ -120,13 +120,13 @@ async def _materialize(
             watched: set[asyncio.Future[Any]] = {work, stopped, lease.lost}
             await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
+            if work.done():
+                work.result()  # reading or writing failed for good
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await work
             if lease.lost.done():
-                lease.lost.result()
-            if not work.cancelled() and work.exception() is not None:
-                work.result()
+                lease.lost.result()  # another replica may be writing: write nothing more
             health.draining = True
             await writer.write(engine.take(time.time()))  # what was applied, before exiting
     finally:

@@ -23,8 +23,9 @@ from celery_kafka_bridge.reader.stream import TopicNotFound
 
 DEFAULT_TASKS_TOPIC: str = Config.model_fields["tasks_topic"].default
 IDLE_SECONDS = 1.0
-"""A table is read once past the end offsets seen at the start and idle this long: some brokers
-(Tansu) report end offsets that trail what they serve."""
+"""A table is read once past the end offsets seen at the start and then idle this long, or this
+long past them (a live table may never go idle): some brokers (Tansu) report end offsets that
+trail what they serve."""
 
 Table = dict[str, tuple[bytes | None, dict[str, bytes]]]
 """Key: (latest value, its headers); a deleted key's value is None."""
@@ -57,17 +58,21 @@ async def read_table(
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        last = time.monotonic()
+        last, reached = time.monotonic(), None
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for records in batches.values():
                 for record in records:
                     if record.key is not None:
                         table[record.key.decode()] = (record.value, dict(record.headers or ()))
-            if batches:
-                last = time.monotonic()
-            elif time.monotonic() - last >= IDLE_SECONDS and all(
-                [await consumer.position(tp) >= end for tp, end in ends.items()]
+            now = time.monotonic()
+            last = now if batches else last
+            if reached is None and all(
+                [await consumer.position(tp) >= e for tp, e in ends.items()]
+            ):
+                reached = now
+            if reached is not None and (
+                now - last >= IDLE_SECONDS or now - reached >= IDLE_SECONDS
             ):
                 return table
     finally:
