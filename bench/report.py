@@ -67,10 +67,15 @@ class Report:
                 return round(rate[top] / rate[bottom], 3)
             return None
 
-        return {"c/a": ratio("c", "a"), "c/b": ratio("c", "b"), "d/c": ratio("d", "c")}
+        return {
+            "c/a": ratio("c", "a"),
+            "c/b": ratio("c", "b"),
+            "d/c": ratio("d", "c"),
+            "m/c": ratio("m", "c"),
+        }
 
     def targets(self) -> dict[str, dict[str, Any]]:
-        ratio = self.ratios()["c/a"]
+        ratio, keeps_up = self.ratios()["c/a"], self.ratios()["m/c"]
         at_rate = [lat for lat in self.latencies if lat.rate == TARGET_P99_RATE]
         p99 = at_rate[0].to_consumer.p99 if at_rate else None
         p99_ack = at_rate[0].to_ack.p99 if at_rate else None
@@ -80,6 +85,9 @@ class Report:
         peak = round(max(rss), 1) if rss else None
         return {
             "c/a >= 1.0": _target(ratio, ratio is not None and ratio >= TARGET_RATIO),
+            "m/c >= 1.0 (materialize keeps up with the bridge)": _target(
+                keeps_up, keeps_up is not None and keeps_up >= TARGET_RATIO
+            ),
             "p99 <= 25 ms at 2,000 events/s (to Kafka ack: % of events within 25 ms)": _target(
                 within, within is not None and within >= 99.0
             ),

@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.kafka.partitions import partition_for
 from celery_kafka_bridge.kafka.sink import RETRIABLE, create_topics
 from celery_kafka_bridge.materialize.engine import Flush
 from celery_kafka_bridge.materialize.monitor import MaterializeMetrics
@@ -38,6 +39,10 @@ async def read_table(config: Config, topic: str) -> Table:
     return await read_whole_table(config.bootstrap_servers, topic, **kafka_security(config))
 
 
+_Record = tuple[str, str, bytes | None, list[tuple[str, bytes]]]
+"""Topic, key, value (None: a tombstone), headers."""
+
+
 def position_key(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
 
@@ -50,6 +55,7 @@ class TableWriter:
     def __init__(self, config: Config, metrics: MaterializeMetrics) -> None:
         self._config = config
         self._metrics = metrics
+        self._partitions: dict[str, list[int]] = {}
         self._producer = AIOKafkaProducer(
             bootstrap_servers=config.bootstrap_servers,
             client_id="celery-kafka-bridge-materialize",
@@ -79,47 +85,50 @@ class TableWriter:
                     await self._send_outputs(flush)
             self._count(flush)
         if flush.positions:
+            topic = self._config.offsets_topic
+            positions: list[_Record] = [
+                (topic, position_key(self._config.topic, p), str(offset).encode(), [])
+                for p, offset in flush.positions.items()
+            ]
             async for attempt in backoff("materialize commit", RETRIABLE):
                 with attempt:
-                    await self._gather(
-                        self._send(
-                            self._config.offsets_topic,
-                            position_key(self._config.topic, partition),
-                            str(offset).encode(),
-                        )
-                        for partition, offset in flush.positions.items()
-                    )
+                    await self._send_all(positions)
 
     async def _send_outputs(self, flush: Flush) -> None:
         config = self._config
-        sends = [
-            self._send(config.tasks_topic, uuid, value, headers)
+        records: list[_Record] = [
+            (config.tasks_topic, uuid, value, headers)
             for uuid, (value, headers) in flush.tasks.items()
         ]
-        sends += [self._send(config.workers_topic, h, v) for h, v in flush.workers.items()]
-        sends += [
-            self._send(
-                config.derived_topic, found.key, dumps(found.value), [("type", found.type.encode())]
-            )
-            for found in flush.derived
+        records += [(config.workers_topic, h, v, []) for h, v in flush.workers.items()]
+        records += [
+            (config.derived_topic, d.key, dumps(d.value), [("type", d.type.encode())])
+            for d in flush.derived
         ]
-        await self._gather(sends)
+        await self._send_all(records)
 
-    async def _send(
-        self,
-        topic: str,
-        key: str,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = await self._producer.send(
-            topic, value, key=key.encode(), headers=headers
-        )
-        return future
-
-    async def _gather(self, sends: Any) -> None:
-        """Queue every send, then wait for every delivery (a failure raises)."""
-        futures: list[Awaitable[Any]] = [await send for send in sends]
+    async def _send_all(self, records: list[_Record]) -> None:
+        """Every record, in batches per partition (a send per record costs more than applying
+        its events), then wait until Kafka acknowledged them all (a failure raises)."""
+        producer = self._producer
+        by_partition: dict[tuple[str, int], list[_Record]] = {}
+        for record in records:
+            topic = record[0]
+            partitions = self._partitions.get(topic) or sorted(await producer.partitions_for(topic))
+            self._partitions[topic] = partitions
+            where = (topic, partition_for(record[1].encode(), partitions))
+            by_partition.setdefault(where, []).append(record)
+        futures: list[Awaitable[Any]] = []
+        for (topic, partition), batch_records in by_partition.items():
+            batch = producer.create_batch()
+            for _, key, value, headers in batch_records:
+                encoded = key.encode()
+                while (
+                    batch.append(key=encoded, value=value, timestamp=None, headers=headers) is None
+                ):
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 
     def _count(self, flush: Flush) -> None:
