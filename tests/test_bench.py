@@ -39,12 +39,13 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
 
     report = json.loads((tmp_path / "results.json").read_text())
     drains = {d["name"]: d for d in report["throughput"]}
-    assert sorted(drains) == ["a", "b", "c", "d"]
+    assert sorted(drains) == ["a", "b", "c", "d", "m"]
     assert all(d["events"] == report["meta"]["events"] >= 2000 for d in drains.values())
     assert all(d["events_per_second"] > 0 for d in drains.values())
     assert drains["c"]["kafka_records"] >= report["meta"]["events"]
     assert drains["c"]["peak_rss_mb"] > 0
-    assert set(report["ratios"]) == {"c/a", "c/b", "d/c"}
+    assert set(report["ratios"]) == {"c/a", "c/b", "d/c", "m/c"}
+    assert drains["m"]["peak_rss_mb"] > 0, "materialize applied every event of (c)'s topic"
     (latency,) = report["latency"]
     assert latency["rate"] == 200
     assert latency["received"] >= latency["sent"] == 400
@@ -52,7 +53,7 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     assert 0 < latency["acked_within_25ms_pct"] <= 100, "read from the bridge's histogram"
     to_ack = latency["to_ack"]
     assert 0 < to_ack["p50"] <= to_ack["p95"] <= to_ack["p99"] <= to_ack["max"]
-    assert len(report["targets"]) == 5
+    assert len(report["targets"]) == 6
     orderings = {o["topology"]: o for o in report["ordering"]}
     assert sorted(orderings) == ["competing", "ordered", "sharded"]
     assert all(o["records"] >= 3 * 20 for o in orderings.values()), "every task's records read"
