@@ -60,21 +60,18 @@ def worker_gone(worker: Any, last_heartbeat: float | None, now: float) -> str | 
     return "offline" if last_heartbeat is not None else None
 
 
+def _about_task(kind: str, task: Any, now: float, **evidence: Any) -> Derived:
+    """A finding about a task, marked by the task's state timestamp (one per state reached)."""
+    hostname = task.worker.hostname if task.worker else None
+    evidence = {"state": task.state, **evidence}
+    fields = {"uuid": task.uuid, "name": task.name, "hostname": hostname, "evidence": evidence}
+    return derived(kind, task.uuid, str(task.timestamp), now, **fields)
+
+
 def task_lost(task: Any, why: str, last_heartbeat: float | None, now: float) -> Derived:
-    return derived(
-        "task-lost",
-        task.uuid,
-        str(task.timestamp),
-        now,
-        uuid=task.uuid,
-        name=task.name,
-        hostname=task.worker.hostname,
-        evidence={
-            "state": task.state,
-            "since": open_since(task),
-            "worker": why,
-            "last_heartbeat": last_heartbeat,
-        },
+    since = open_since(task)
+    return _about_task(
+        "task-lost", task, now, since=since, worker=why, last_heartbeat=last_heartbeat
     )
 
 
@@ -103,21 +100,8 @@ def stuck_threshold(name: str | None, thresholds: list[tuple[str, float]]) -> fl
 
 
 def task_stuck(task: Any, since: float, threshold: float, now: float) -> Derived:
-    return derived(
-        "task-stuck",
-        task.uuid,
-        str(task.timestamp),
-        now,
-        uuid=task.uuid,
-        name=task.name,
-        hostname=task.worker.hostname if task.worker else None,
-        evidence={
-            "state": task.state,
-            "since": since,
-            "seconds": now - since,
-            "threshold": threshold,
-        },
-    )
+    seconds = now - since
+    return _about_task("task-stuck", task, now, since=since, seconds=seconds, threshold=threshold)
 
 
 @dataclass(frozen=True)
