@@ -34,6 +34,7 @@ from harness.support import (
     Names,
     Rabbit,
     events_of,
+    json_lines,
     management,
     poll,
     read_topic,
@@ -178,6 +179,8 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
             return all(tasks.get(t, {}).get("state") == "STARTED" for t in doomed)
 
         poll(doomed_started, 60, interval=0.5, what="the doomed tasks to start")
+        poll(lambda: standby.http("/readyz")[0] == 503, 30, what="the standby to answer unready")
+        assert orjson.loads(standby.http("/readyz")[1])["lease"] == "waiting"
         first.kill()  # mid-run: the standby takes the lease and carries on from the tables
         kill_worker(doomed_worker)
         task_ids += run_task_mix(app)
@@ -200,6 +203,8 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
         assert workers[doomed_host]["status"] == "lost"
         assert steady.metric("celery_kafka_bridge_events_missing_total") == 0
         assert steady.metric("celery_kafka_bridge_derived_events_total", type="task-lost") == 2
+        assert standby.http("/readyz")[0] == 200
+        assert all(line["level"] for line in json_lines(standby.log()))
     finally:
         if doomed_worker.poll() is None:
             kill_worker(doomed_worker)
