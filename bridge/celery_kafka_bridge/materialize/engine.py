@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import time
 from bisect import insort
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from celery_kafka_bridge.reader.audit import StateBuilder
 from celery_kafka_bridge.reader.events import Event
 
 _CLAIM_EVENTS = frozenset({"worker-online", "worker-heartbeat", "worker-offline"})
+TALLY_WRITE_SECONDS = 1.0
 MARKS_HEADER = "derived"
 """Task record header: the findings already reported for the task (so a restart does not
 report them again)."""
@@ -62,9 +64,14 @@ class Engine:
         self.positions: dict[int, int] = {}
         self._open: set[str] = set()
         self._finals: list[tuple[float, str]] = []
-        self._claims: list[tuple[float, str, d.Claim]] = []
+        self._claims: deque[tuple[float, float, str, d.Claim]] = deque()
+        self._read_ms: dict[int, int] = {}
+        """Per partition, the Kafka timestamp of the last record applied."""
         self._dirty_tasks: set[str] = set()
         self._dirty_workers: set[str] = set()
+        self._counting: set[str] = set()
+        """Workers whose tally counted task-started events since their record was written."""
+        self._written: dict[str, float] = {}
         self._tombstones: set[str] = set()
         self._derived: list[d.Derived] = []
 
@@ -82,6 +89,7 @@ class Engine:
         data = event.data
         self._builder.feed(data, event.received_at)
         self.positions[event.partition] = event.offset + 1
+        self._read_ms[event.partition] = event.timestamp_ms
         kind = event.type
         task_id, hostname = event.task_id, event.hostname
         if task_id is not None and kind.startswith("task-"):
@@ -109,7 +117,8 @@ class Engine:
             if book.tally.pid is None or book.tally.pid != claim.pid:
                 d.reconcile(hostname, book.tally, claim, time.time())  # the first base
             else:
-                self._claims.append((time.monotonic() + self.grace, hostname, claim))
+                due_ms = event.timestamp_ms + self.grace * 1000
+                self._claims.append((time.monotonic() + self.grace, due_ms, hostname, claim))
 
     def _count_started(self, hostname: str, event: Event) -> None:
         tally, clock, pid = (
@@ -122,7 +131,7 @@ class Engine:
         if event.offset < tally.positions.get(event.partition, 0):
             return  # counted before the record was written (read again after a restart)
         insort(tally.started.setdefault(pid, []), clock)
-        self._dirty_workers.add(hostname)  # the tally in its record must cover its position
+        self._counting.add(hostname)
 
     def _track(self, uuid: str) -> None:
         task = self.state.tasks[uuid]
@@ -137,8 +146,11 @@ class Engine:
         """Completeness claims past their grace; with the input caught up (a worker's silence
         means something only then), lost workers, lost and stuck tasks; due tombstones."""
         monotonic = time.monotonic()
-        while self._claims and self._claims[0][0] <= monotonic:
-            _, hostname, claim = self._claims.pop(0)
+        # Due after the grace, or once every partition read is past it (replaying a backlog:
+        # a claim waits for the input, not the clock, and the tallies stay short).
+        read_ms = min(self._read_ms.values(), default=0)
+        while self._claims and (self._claims[0][0] <= monotonic or self._claims[0][1] <= read_ms):
+            _, _, hostname, claim = self._claims.popleft()
             found = d.reconcile(hostname, self.books[hostname].tally, claim, now)
             self._report(found)
         if caught_up:
@@ -204,7 +216,13 @@ class Engine:
                 self._dirty_tasks.discard(uuid)
 
     def take(self, now: float) -> Flush:
-        """Everything changed since the last take, as records; forgets it."""
+        """Everything changed since the last take, as records; forgets it.
+
+        A worker whose tally only counted task-started events is written at most every
+        `TALLY_WRITE_SECONDS` (its tally can be long); until then the positions committed stay
+        at those its record covers, so a restart counts those events again, once.
+        """
+        monotonic = time.monotonic()
         flush = Flush(positions=dict(self.positions), derived=self._derived)
         for uuid in self._dirty_tasks:
             task = self.state.tasks.get(uuid)
@@ -213,12 +231,22 @@ class Engine:
                 flush.tasks[uuid] = (dumps(task_value(task)), headers)
         for uuid in self._tombstones:
             flush.tasks[uuid] = (None, [])
-        for hostname in self._dirty_workers:
+        due = self._dirty_workers | {
+            h
+            for h in self._counting
+            if monotonic - self._written.get(h, 0.0) >= TALLY_WRITE_SECONDS
+        }
+        self._counting -= due
+        for hostname in self._counting:
+            for partition, offset in self.books[hostname].tally.positions.items():
+                flush.positions[partition] = min(flush.positions.get(partition, offset), offset)
+        for hostname in due:
             worker = self.state.workers.get(hostname)
             if worker is not None:
                 book = self.books[hostname]
                 book.tally.positions = dict(self.positions)
                 flush.workers[hostname] = dumps(worker_value(worker, book, now))
+                self._written[hostname] = monotonic
         self._dirty_tasks, self._dirty_workers, self._tombstones = set(), set(), set()
         self._derived = []
         return flush
