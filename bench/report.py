@@ -80,11 +80,11 @@ class Report:
                 return round(rate[top] / rate[bottom], 3)
             return None
 
-        pairs = ("c/a", "c/b", "d/c", "e/c", "s/r", "t/s")
+        pairs = ("c/a", "c/b", "d/c", "e/c", "m/c", "s/r", "t/s")
         ratios = {
             pair: value
             for pair in pairs
-            if (value := ratio(*pair.split("/"))) is not None or pair[0] in "cde"
+            if (value := ratio(*pair.split("/"))) is not None or pair[0] in "cdem"
         }
         return ratios | {"e/c (CPU)": self._cpu_ratio("e", "c")}
 
@@ -97,8 +97,8 @@ class Report:
         return None
 
     def targets(self) -> dict[str, dict[str, Any]]:
-        ratio = self.ratios()["c/a"]
-        shaped = self.ratios()["e/c (CPU)"]
+        ratios = self.ratios()
+        ratio, shaped, keeps_up = ratios["c/a"], ratios["e/c (CPU)"], ratios["m/c"]
         at_rate = [lat for lat in self.latencies if lat.rate == TARGET_P99_RATE]
         p99 = at_rate[0].to_consumer.p99 if at_rate else None
         p99_ack = at_rate[0].to_ack.p99 if at_rate else None
@@ -110,6 +110,9 @@ class Report:
             "c/a >= 1.0": _target(ratio, ratio is not None and ratio >= TARGET_RATIO),
             "e/c >= 0.9 (typical rules against none, per CPU second)": _target(
                 shaped, shaped is not None and shaped >= TARGET_SHAPED_RATIO
+            ),
+            "m/c >= 1.0 (materialize keeps up with the bridge)": _target(
+                keeps_up, keeps_up is not None and keeps_up >= TARGET_RATIO
             ),
             "p99 <= 25 ms at 2,000 events/s (to Kafka ack: % of events within 25 ms)": _target(
                 within, within is not None and within >= 99.0

@@ -19,6 +19,7 @@ import click
 from bench import drains
 from bench.drains import Drain, Setup
 from bench.latency import run_rates
+from bench.materialize import materialize
 from bench.ordering import run_topologies
 from bench.queues import Rabbit, event_count, generate
 from bench.redis import run_redis
@@ -60,6 +61,7 @@ DRAINS: dict[str, Callable[[Setup], Drain]] = {
     "c": partial(drains.bridge, count=1),
     "d": partial(drains.bridge, count=2),
     "e": partial(drains.bridge, count=1, rules=drains.RULES),
+    "m": materialize,  # reads the topic (c) wrote: after it
 }
 
 
@@ -132,9 +134,9 @@ def throughput(setup: Setup, which: str) -> list[Drain]:
 @click.option(
     "--drains",
     "which",
-    default="abcde",
+    default="abcdem",
     show_default=True,
-    help="Which throughput drains to run, e.g. 'ac' (empty: none).",
+    help="Which throughput drains to run, e.g. 'ac' (empty: none); m needs c before it.",
 )
 @click.option(
     "--redis/--no-redis",

@@ -43,7 +43,7 @@ def amqp_url() -> str:
     return _current["amqp_url"]
 
 
-def management(method: str, path: str, body: dict[str, str] | None = None) -> Any:
+def management(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """One call of RabbitMQ's management HTTP API as the base URL's user; its JSON answer."""
     url = urlsplit(BASE_AMQP_URL)
     credentials = f"{unquote(url.username or 'guest')}:{unquote(url.password or 'guest')}"
@@ -197,17 +197,19 @@ _CONSUMING = ("amqp consuming", "redis subscribed")
 
 
 class BridgeProcess:
-    """A bridge replica as a real process (`python -m celery_kafka_bridge run`): killable."""
+    """A bridge replica as a real process (`python -m celery_kafka_bridge run`, or another
+    command such as materialize): killable."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, command: str = "run") -> None:
         self.env = env
         self.log_path = log_path
+        self.command = command
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> BridgeProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery_kafka_bridge", "run"],
+                [sys.executable, "-m", "celery_kafka_bridge", self.command],
                 env={**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from celery import Celery
@@ -58,3 +59,9 @@ def refuse(self: Any) -> None:
 def login(user: str, password: str) -> str:
     """Called with a secret: the shaping tests check that it never reaches Kafka."""
     return f"{user} logged in"
+
+
+@app.task
+def nap(seconds: float) -> None:
+    """Runs long enough to be revoked, or to be running when its worker is killed."""
+    time.sleep(seconds)

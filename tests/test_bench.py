@@ -39,15 +39,16 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
 
     report = json.loads((tmp_path / "results.json").read_text())
     drains = {d["name"]: d for d in report["throughput"]}
-    assert sorted(drains) == ["a", "b", "c", "d", "e", "r", "s", "t"]
-    assert all(drains[d]["events"] == report["meta"]["events"] >= 2000 for d in "abcde")
+    assert sorted(drains) == ["a", "b", "c", "d", "e", "m", "r", "s", "t"]
+    assert all(drains[d]["events"] == report["meta"]["events"] >= 2000 for d in "abcdem")
     assert drains["s"]["kafka_records"] >= drains["s"]["events"] == drains["r"]["events"] > 0
     assert all(d["events_per_second"] > 0 for d in drains.values())
     assert drains["c"]["kafka_records"] >= report["meta"]["events"]
     assert drains["c"]["peak_rss_mb"] > 0
     assert 0 < drains["e"]["kafka_records"] < report["meta"]["events"], "heartbeats dropped"
-    assert set(report["ratios"]) == {"c/a", "c/b", "d/c", "e/c", "e/c (CPU)", "s/r", "t/s"}
+    assert set(report["ratios"]) == {"c/a", "c/b", "d/c", "e/c", "e/c (CPU)", "m/c", "s/r", "t/s"}
     assert drains["e"]["cpu_us_per_event"] > 0
+    assert drains["m"]["peak_rss_mb"] > 0, "materialize applied every event of (c)'s topic"
     assert report["meta"]["claim_us_per_message"] > 0
     (latency,) = report["latency"]
     assert latency["rate"] == 200

@@ -67,6 +67,10 @@ def test_a_secret_is_read_from_its_file(monkeypatch: pytest.MonkeyPatch, tmp_pat
             {"BRIDGE_TOPIC_REPLICATION_FACTOR": "1"},
             "BRIDGE_TOPIC_MIN_INSYNC_REPLICAS=2 is above BRIDGE_TOPIC_REPLICATION_FACTOR=1",
         ),
+        ({"BRIDGE_STUCK_AFTER": "tasks.*=soon"}, "BRIDGE_STUCK_AFTER"),
+        ({"BRIDGE_STUCK_AFTER": "=60"}, "BRIDGE_STUCK_AFTER"),
+        ({"BRIDGE_TASKS_TOPIC": "no spaces"}, "BRIDGE_TASKS_TOPIC"),
+        ({"BRIDGE_TOMBSTONE_AFTER_SECONDS": "0"}, "BRIDGE_TOMBSTONE_AFTER_SECONDS"),
     ],
 )
 def test_a_bad_setting_fails_with_one_line_naming_it(

@@ -22,7 +22,9 @@ def test_the_demo_shows_keyed_records_of_a_real_worker_and_stops_every_process_c
     for kind in ("task-sent", "task-received", "task-started", "task-succeeded"):
         assert f" {kind} " in out, f"no {kind} record shown"
     assert "key=" in out
-    for process in ("producer", "worker", "bridge-1", "bridge-2"):
+    assert "celery.tasks: " in out and " state=SUCCESS name=demo." in out, "no task row shown"
+    assert "celery.workers: 1 keys" in out and "status=online" in out
+    for process in ("producer", "worker", "bridge-1", "bridge-2", "materialize"):
         assert f"{process} stopped (exit code 0)" in out
     rabbit = Rabbit()
     try:

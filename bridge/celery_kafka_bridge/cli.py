@@ -14,6 +14,7 @@ from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.demo import run_demo
 from celery_kafka_bridge.errors import ConfigError
 from celery_kafka_bridge.logs import describe, setup_logging
+from celery_kafka_bridge.materialize.service import run_materialize
 from celery_kafka_bridge.options import setting_options
 from celery_kafka_bridge.reader.commands import COMMANDS
 from celery_kafka_bridge.runner import run_bridge
@@ -54,6 +55,19 @@ def run(**flags: Any) -> None:
     except ConfigError as exc:  # found once connected, e.g. a queue with other arguments
         log.critical("%s", exc)
         sys.exit(2)
+    except Exception as exc:
+        log.critical("stopped by %s", describe(exc))
+        sys.exit(1)
+
+
+@main.command()
+@config_options
+def materialize(**flags: Any) -> None:
+    """Keep the task and worker state tables and the derived events until SIGTERM/SIGINT."""
+    config = load_config(flags)
+    setup_logging(config.log_level, config.log_format)
+    try:
+        asyncio.run(run_materialize(config))
     except Exception as exc:
         log.critical("stopped by %s", describe(exc))
         sys.exit(1)

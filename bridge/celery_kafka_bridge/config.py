@@ -253,13 +253,60 @@ class Config(BaseSettings):
         "claiming) lasts before the other replicas write it themselves (longer than a Kafka "
         "write takes).",
     )
+    tasks_topic: str = Field(
+        "celery.tasks", description="materialize: compacted topic of task states (key: uuid)."
+    )
+    workers_topic: str = Field(
+        "celery.workers",
+        description="materialize: compacted topic of worker states (key: hostname).",
+    )
+    derived_topic: str = Field(
+        "celery.derived",
+        description="materialize: topic of derived events (task-lost, task-stuck, worker-lost, "
+        "events-missing).",
+    )
+    offsets_topic: str = Field(
+        "celery.materialize.offsets",
+        description="materialize: compacted topic of its input positions (key: topic/partition).",
+    )
+    tombstone_after_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        description="materialize: delete a task from the tasks topic this long after it finished.",
+    )
+    stuck_after: str = Field(
+        "*=3600",
+        description="materialize: task-stuck thresholds, pattern=seconds[,pattern=seconds...] "
+        "matched against the task name in order (shell patterns).",
+    )
+    completeness_grace_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="materialize: wait this long after a heartbeat for the task events it "
+        "counted before comparing the two.",
+    )
+    max_tasks: int = Field(
+        1_000_000, ge=1, description="materialize: tasks kept in memory (least recent dropped)."
+    )
 
-    @field_validator("topic", "dlq_topic")
+    @field_validator(
+        "topic", "dlq_topic", "tasks_topic", "workers_topic", "derived_topic", "offsets_topic"
+    )
     @classmethod
     def _valid_topic(cls, value: str) -> str:
         if not TOPIC_NAME.fullmatch(value):
             raise ValueError("a Kafka topic name is 1-249 of [A-Za-z0-9._-]")
         return value
+
+    @field_validator("stuck_after")
+    @classmethod
+    def _valid_stuck_after(cls, value: str) -> str:
+        stuck_thresholds(value)
+        return value
+
+    @property
+    def stuck_thresholds(self) -> list[tuple[str, float]]:
+        return stuck_thresholds(self.stuck_after)
 
     @field_validator("topic_retention_ms")
     @classmethod
@@ -437,6 +484,21 @@ def _canonical_names(values: dict[str, Any]) -> dict[str, Any]:
 def canonical_name(name: str) -> str:
     """The setting an (old) name stands for."""
     return next((field for field, old in ALIASES.items() if name in old), name)
+
+
+def stuck_thresholds(text: str) -> list[tuple[str, float]]:
+    """``pattern=seconds,...`` as (pattern, seconds) pairs; ValueError names the bad part."""
+    pairs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        pattern, _, seconds = part.rpartition("=")
+        try:
+            threshold = float(seconds)
+        except ValueError:
+            threshold = -1.0
+        if not pattern or not threshold > 0:
+            raise ValueError(f"{part!r} is not pattern=seconds (seconds > 0)")
+        pairs.append((pattern, threshold))
+    return pairs
 
 
 def split_servers(servers: str) -> list[str]:

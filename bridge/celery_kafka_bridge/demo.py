@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from kombu.connection import Connection
@@ -26,10 +27,13 @@ from kombu.connection import Connection
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.embedded import EmbeddedKafka, free_port
 from celery_kafka_bridge.logs import describe, mask_credentials
+from celery_kafka_bridge.reader.stream import TopicNotFound
+from celery_kafka_bridge.reader.tables import read_table
 
 DEMO_APP_DIR = Path(__file__).resolve().parents[2] / "deploy"
 """Where the demo Celery app (``demo.tasks``, ``demo.producer``) lives in a source checkout."""
 DEMO_NODE_ID = "kafka-bridge-demo"
+_TABLE_ROWS = 4
 
 
 def run_demo(config: Config, seconds: float) -> None:
@@ -91,12 +95,20 @@ def run_demo(config: Config, seconds: float) -> None:
                 demo_env,
             )
         )
+        stack.enter_context(
+            _process(
+                "materialize",
+                [sys.executable, "-m", "celery_kafka_bridge", "materialize"],
+                {**env, "BRIDGE_HTTP_PORT": str(free_port()), "BRIDGE_LOG_LEVEL": "WARNING"},
+            )
+        )
         stack.enter_context(_process("producer", [sys.executable, "-m", "demo.producer"], demo_env))
         click.echo(
-            f"two bridge replicas, a worker (-E) and a task producer are running; "
+            f"two bridge replicas, a worker (-E), a task producer and materialize are running; "
             f"showing records of topic {config.topic} for {seconds:.0f} s\n"
         )
         counts = asyncio.run(_show_records(bootstrap, config.topic, seconds))
+        asyncio.run(_show_tables(bootstrap, config))
     click.echo(
         "\nstopped everything cleanly. Records by event type: "
         + ", ".join(f"{kind} {n}" for kind, n in counts.most_common())
@@ -136,6 +148,24 @@ def _process(name: str, args: list[str], env: dict[str, str]) -> Iterator[subpro
             process.kill()
             code = process.wait()
         click.echo(f"{name} stopped (exit code {code})")
+
+
+async def _show_tables(bootstrap: str, config: Config) -> None:
+    """A few rows of the tables materialize keeps, and its derived events."""
+    servers = [bootstrap]
+    for topic, fields in (
+        (config.tasks_topic, ("state", "name", "worker", "runtime", "result", "exception")),
+        (config.workers_topic, ("status", "active", "processed", "last_heartbeat")),
+        (config.derived_topic, ("type", "hostname", "evidence")),
+    ):
+        try:
+            rows = await read_table(servers, topic)
+        except TopicNotFound:
+            rows = {}
+        click.echo(f"\n{topic}: {len(rows)} keys" + (", a few:" if rows else ""))
+        for key, (value, _) in list(rows.items())[-_TABLE_ROWS:]:
+            row = orjson.loads(value) if value else {}
+            click.echo(f"  {key:<40} " + " ".join(f"{f}={row.get(f)}" for f in fields))
 
 
 async def _show_records(bootstrap: str, topic: str, seconds: float) -> Counter[str]:

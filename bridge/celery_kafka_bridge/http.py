@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from celery_kafka_bridge.errors import ConfigError
-from celery_kafka_bridge.health import Health
-from celery_kafka_bridge.metrics import Metrics
 
 
-async def serve(port: int, metrics: Metrics, health: Health) -> web.AppRunner:
+class Registered(Protocol):
+    """Has the registry /metrics exports (the bridge's and the materializer's metrics)."""
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+
+class Readiness(Protocol):
+    """Answers /readyz from cached checks, never blocking on a broker."""
+
+    def status(self) -> tuple[bool, dict[str, Any]]: ...
+
+
+async def serve(port: int, metrics: Registered, health: Readiness) -> web.AppRunner:
     """Start serving on every interface; the caller stops it with ``await runner.cleanup()``."""
 
     async def livez(_: web.Request) -> web.Response:

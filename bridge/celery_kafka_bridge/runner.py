@@ -82,7 +82,7 @@ async def _run_bridge(
         loop.add_signal_handler(sig, stop.set)
     starting = [asyncio.ensure_future(lane.start()) for lane in lanes]
     try:
-        started = await _until_stopped(asyncio.gather(*starting), stop)
+        started = await until_stopped(asyncio.gather(*starting), stop)
     except BaseException:
         for task in starting:  # a lane that failed to start stops the others' starts
             task.cancel()
@@ -136,7 +136,7 @@ async def _watch(lanes: list[Lane], stopped: asyncio.Future[Any]) -> BaseExcepti
             watched.discard(future)
 
 
-async def _until_stopped(coro: Any, stop: asyncio.Event) -> bool:
+async def until_stopped(coro: Any, stop: asyncio.Event) -> bool:
     """Run ``coro`` unless ``stop`` is set first; True if it completed."""
     task = asyncio.ensure_future(coro)
     stopper = asyncio.ensure_future(stop.wait())

@@ -185,11 +185,18 @@ class TopicAudit:
 
 
 class TopicAdmin:
-    """Creates and describes ``topics`` on a short-lived admin client per call."""
+    """Creates and describes ``topics`` on a short-lived admin client per call; ``overrides``
+    are settings some topics are created with on top of `creation_configs` (e.g. compaction)."""
 
-    def __init__(self, config: Config, topics: Iterable[str]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        topics: Iterable[str],
+        overrides: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self._config = config
         self.topics = list(topics)
+        self._overrides = overrides or {}
         self._unreadable: dict[str, int] = {}
 
     @contextlib.asynccontextmanager
@@ -228,14 +235,17 @@ class TopicAdmin:
 
     async def _create(self, admin: AIOKafkaAdminClient, topics: list[str]) -> None:
         config = self._config
-        settings = creation_configs(config)
+        settings = {
+            topic: creation_configs(config) | dict(self._overrides.get(topic, {}))
+            for topic in topics
+        }
         response = await admin.create_topics(
             [
                 NewTopic(
                     topic,
                     config.topic_partitions,
                     config.topic_replication_factor,
-                    topic_configs=settings,
+                    topic_configs=settings[topic],
                 )
                 for topic in topics
             ]
@@ -244,7 +254,7 @@ class TopicAdmin:
             if code not in (0, _TOPIC_ALREADY_EXISTS):
                 raise TransientError(f"creating topic {topic} failed: {code} {message}")
             if code == 0:
-                log.info("created kafka topic %s with %s", topic, settings)
+                log.info("created kafka topic %s with %s", topic, settings[topic])
 
     async def describe(self) -> dict[str, TopicState]:
         """The topics that exist, as the cluster describes them."""

@@ -1,5 +1,5 @@
-"""Reading the topic back: the consumer library and the `tail`/`timeline`/`replay`/`state`
-commands built on it."""
+"""Reading the topic back: the consumer library (events, and the materializer's task table) and
+the `tail`/`timeline`/`replay`/`state` commands built on it."""
 
 from celery_kafka_bridge.reader.events import ClockOrder, Dedup, Event, EventFields
 from celery_kafka_bridge.reader.stream import (
@@ -9,6 +9,7 @@ from celery_kafka_bridge.reader.stream import (
     TopicNotFound,
     read_events,
 )
+from celery_kafka_bridge.reader.tables import fetch_task, lookup_task, read_table
 from celery_kafka_bridge.reader.timeparse import parse_duration, parse_time
 
 __all__ = [
@@ -20,7 +21,10 @@ __all__ = [
     "Scan",
     "ScanStats",
     "TopicNotFound",
+    "fetch_task",
+    "lookup_task",
     "parse_duration",
     "parse_time",
     "read_events",
+    "read_table",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import time
 from collections import Counter, OrderedDict
@@ -160,6 +161,32 @@ def _timestamp(event: EventFields) -> float:
     return float(stamp) if isinstance(stamp, int | float) else 0.0
 
 
+_ROW_STEPS = (
+    ("sent", "task-sent"),
+    ("received", "task-received"),
+    ("started", "task-started"),
+    ("retried", "task-retried"),
+    ("rejected", "task-rejected"),
+    ("revoked", "task-revoked"),
+    ("failed", "task-failed"),
+    ("succeeded", "task-succeeded"),
+)
+
+
+def timeline_from_row(task_id: str, row: Mapping[str, Any]) -> Timeline:
+    """A timeline from a task's row in the materializer's table: one step per state the task
+    reached, at the latest time it reached it (earlier attempts of a retried task are not in
+    the row); the state is the row's."""
+    host = {"hostname": row["worker"]} if row.get("worker") else {}
+    steps = [
+        {"type": kind, "uuid": task_id, "timestamp": row[name], **host}
+        for name, kind in _ROW_STEPS
+        if isinstance(row.get(name), int | float)
+    ]
+    timeline = build_timeline(task_id, steps)
+    return dataclasses.replace(timeline, name=row.get("name"), state=str(row["state"]))
+
+
 def format_timeline(timeline: Timeline) -> str:
     lines = [f"task {timeline.task_id} {timeline.name or ''}".rstrip()]
     for step in timeline.steps:
@@ -204,9 +231,13 @@ class StateSummary:
     failures: list[Failure]
     workers: list[WorkerSeen]
     stuck: list[Stuck]
+    source: str
+    """The topic the state came from: the events topic, or the materializer's tasks table."""
 
 
-def summarise(state: State, at: float, stuck_after: float) -> StateSummary:
+def summarise(
+    state: State, at: float, stuck_after: float, source: str = "the events topic"
+) -> StateSummary:
     """Counts by state and name, failures, workers, and tasks stuck for over ``stuck_after``."""
     tasks = list(state.tasks.values())
     by_name: dict[str, Counter[str]] = {}
@@ -224,6 +255,7 @@ def summarise(state: State, at: float, stuck_after: float) -> StateSummary:
         ],
         workers=[_worker_seen(w, at) for _, w in sorted(state.workers.items())],
         stuck=sorted(_stuck(tasks, at, stuck_after), key=lambda s: s.since),
+        source=source,
     )
 
 
@@ -242,7 +274,10 @@ def _worker_seen(worker: Any, at: float) -> WorkerSeen:
 
 
 def format_summary(summary: StateSummary) -> str:
-    lines = [f"state at {format_time(summary.at)} from {summary.events} events"]
+    origin = (
+        f"{summary.events} events" if summary.events else f"{sum(summary.by_state.values())} tasks"
+    )
+    lines = [f"state at {format_time(summary.at)} from {origin} in {summary.source}"]
     lines.append("tasks by state: " + _counts(summary.by_state))
     lines.append("tasks by name:")
     lines += [f"  {name}: {_counts(counts)}" for name, counts in summary.by_name.items()]

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -27,9 +28,11 @@ from celery_kafka_bridge.reader.audit import (
     format_summary,
     format_timeline,
     summarise,
+    timeline_from_row,
 )
 from celery_kafka_bridge.reader.replay import RateLimiter, open_target, replay
 from celery_kafka_bridge.reader.stream import Scan, read_events
+from celery_kafka_bridge.reader.tables import lookup_task, read_table, table_state
 from celery_kafka_bridge.reader.timeparse import DURATION, TIME
 
 _READER_SETTINGS = ("kafka_bootstrap_servers", "topic")
@@ -104,23 +107,68 @@ def tail(
                 return
 
 
+SOURCE = click.option(
+    "--source",
+    type=click.Choice(["auto", "tables", "events"]),
+    default="auto",
+    show_default=True,
+    help="tables: the materializer's tables (fast); events: the events topic; auto: the tables "
+    "when they exist and hold the answer.",
+)
+
+
+def _from_table(config: Config, source: str, read: Callable[[], Any]) -> Any:
+    """What ``read`` finds in the tables, or None to use the events topic instead."""
+    if source == "events":
+        return None
+    try:
+        with _reported():
+            return read()
+    except click.ClickException:
+        if source == "tables":
+            raise
+        return None
+
+
 @click.command()
 @click.argument("task_id")
-@setting_options(*_READER_SETTINGS)
+@setting_options(*_READER_SETTINGS, "tasks_topic")
 @click.option("--since", type=TIME, help="Skip records before this time (faster on big topics).")
 @click.option("--json", "as_json", is_flag=True, help="The timeline as one JSON object.")
-def timeline(task_id: str, since: float | None, as_json: bool, **flags: Any) -> None:
+@SOURCE
+def timeline(task_id: str, since: float | None, as_json: bool, source: str, **flags: Any) -> None:
     """Every event of one task in order, the time between steps and the final state.
 
-    Reads only the partition the task id maps to.
+    From the events topic it reads only the partition the task id maps to; from the tasks
+    table, one step per state the task reached.
     """
-    scan = _scan(flags, task_id=task_id, since=since, progress=True)
-    with _reported():
-        events = [event.data for event in read_events(scan)]
-    if not events:
-        raise click.ClickException(f"no events for task {task_id} in {scan.topic}")
-    result = build_timeline(task_id, events)
-    click.echo(_dump(result) if as_json else format_timeline(result))
+    config = _settings(flags)
+    row = _from_table(
+        config,
+        source,
+        lambda: lookup_task(config.bootstrap_servers, task_id, config.tasks_topic),
+    )
+    if row is not None:
+        result, used = timeline_from_row(task_id, row), config.tasks_topic
+    elif source == "tables":
+        raise click.ClickException(f"no task {task_id} in {config.tasks_topic}")
+    else:
+        scan = Scan(
+            config.kafka_bootstrap_servers,
+            config.topic,
+            task_id=task_id,
+            since=since,
+            progress=True,
+        )
+        with _reported():
+            events = [event.data for event in read_events(scan)]
+        if not events:
+            raise click.ClickException(f"no events for task {task_id} in {scan.topic}")
+        result, used = build_timeline(task_id, events), config.topic
+    if as_json:
+        click.echo(orjson.dumps({**dataclasses.asdict(result), "source": used}, default=repr))
+    else:
+        click.echo(f"{format_timeline(result)}\nsource: {used}")
 
 
 @click.command("replay")
@@ -164,7 +212,7 @@ def replay_command(
 
 
 @click.command()
-@setting_options(*_READER_SETTINGS)
+@setting_options(*_READER_SETTINGS, "tasks_topic", "workers_topic")
 @click.option("--at", type=TIME, help="The state as it was at this time (default: now).")
 @click.option("--since", type=TIME, help="Ignore older records (faster; older tasks partial).")
 @click.option(
@@ -182,23 +230,50 @@ def replay_command(
     help="Tasks kept in memory (the oldest are forgotten beyond it).",
 )
 @click.option("--json", "as_json", is_flag=True, help="The summary as one JSON object.")
+@SOURCE
 def state(
+    *,
     at: float | None,
     since: float | None,
     stuck_after: float,
     max_tasks: int,
     as_json: bool,
+    source: str,
     **flags: Any,
 ) -> None:
-    """Rebuild the cluster's task state from the topic (celery.events.state) and summarise it."""
+    """The cluster's task state (celery.events.state), summarised: from the materializer's
+    tables, or rebuilt from the events topic (always with --at or --since)."""
+    config = _settings(flags)
     moment = time.time() if at is None else at
-    scan = _scan(flags, since=since, until=moment, progress=True)
-    builder = StateBuilder(max_tasks)
-    with _reported():
-        for event in read_events(scan):
-            builder.feed(event.data, event.received_at)
-    summary = summarise(builder.state, moment, stuck_after)
+    historic = at is not None or since is not None
+    state = (
+        None if historic else _from_table(config, source, lambda: _table_state(config, max_tasks))
+    )
+    used = config.tasks_topic
+    if state is None:
+        if source == "tables" and historic:
+            raise click.UsageError("--at and --since need --source events")
+        if source == "tables":
+            raise click.ClickException(f"no tasks in {config.tasks_topic}")
+        scan = _scan(flags, since=since, until=moment, progress=True)
+        builder = StateBuilder(max_tasks)
+        with _reported():
+            for event in read_events(scan):
+                builder.feed(event.data, event.received_at)
+        state, used = builder.state, config.topic
+    summary = summarise(state, moment, stuck_after, used)
     click.echo(_dump(summary) if as_json else format_summary(summary))
+
+
+def _table_state(config: Config, max_tasks: int) -> Any:
+    async def read() -> Any:
+        tasks, workers = await asyncio.gather(
+            read_table(config.bootstrap_servers, config.tasks_topic),
+            read_table(config.bootstrap_servers, config.workers_topic),
+        )
+        return table_state(tasks, workers, max_tasks) if tasks else None
+
+    return asyncio.run(read())
 
 
 COMMANDS = (tail, timeline, replay_command, state)

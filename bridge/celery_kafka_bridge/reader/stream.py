@@ -12,7 +12,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,9 @@ class Scan:
     metadata_timeout: float = 10.0
     progress: bool = False
     seek_by_time: bool = True
+    start_offsets: Mapping[int, int] | None = None
+    """Partition: offset to start at (partitions not in it start at the beginning); beats
+    ``since`` and ``follow``'s start at the end."""
 
     @property
     def servers(self) -> list[str]:
@@ -249,6 +252,12 @@ class EventStream:
 
     async def _seek(self) -> None:
         consumer, scan = self._started(), self.scan
+        if scan.start_offsets is not None:
+            await consumer.seek_to_beginning(*self._partitions)
+            for tp in self._partitions:
+                if tp.partition in scan.start_offsets:
+                    consumer.seek(tp, scan.start_offsets[tp.partition])
+            return
         if scan.follow and scan.since is None:
             await consumer.seek_to_end(*self._partitions)
             return

@@ -1,0 +1,297 @@
+"""materialize: the state tables equal Celery's own State, through a worker killed mid-task and
+a materializer killed mid-run; derived events name the lost work."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import subprocess
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import psutil
+import pytest
+from celery import states
+from click.testing import CliRunner
+
+from celery_kafka_bridge.cli import main
+from celery_kafka_bridge.codec import event_id
+from celery_kafka_bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.reader.tables import lookup_task
+from harness.materialize import (
+    celery_state,
+    derived_events,
+    materialize_env,
+    start_materialize,
+    table,
+)
+from harness.support import (
+    BridgeProcess,
+    Names,
+    Rabbit,
+    events_of,
+    json_lines,
+    management,
+    poll,
+    read_topic,
+    start_worker,
+    stop_worker,
+)
+from tests.conftest import BridgeFactory
+from tests.test_bridge_end_to_end import client_app, run_task_mix
+
+FINAL = states.READY_STATES
+
+
+@pytest.fixture
+def materializers() -> Iterator[list[BridgeProcess]]:
+    """Materializer processes a test started, killed at its end."""
+    started: list[BridgeProcess] = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+def kill_worker(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a worker and its pool processes (a host gone, nothing sent on the way out)."""
+    family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    for member in family:
+        member.kill()
+    psutil.wait_procs(family, timeout=10)
+    process.wait(10)
+
+
+def tables_of(kafka: EmbeddedKafka, env: dict[str, str]) -> dict[str, Any]:
+    return table(kafka.bootstrap_servers, env["BRIDGE_TASKS_TOPIC"])
+
+
+def without_clock(tasks: dict[str, Any]) -> dict[str, Any]:
+    """The tasks without ``clock``: after a task-sent event Celery's receiver sets it from its
+    own clock, which depends on everything that receiver read before (docs/materialize.md)."""
+    return {uuid: {k: v for k, v in task.items() if k != "clock"} for uuid, task in tasks.items()}
+
+
+def assert_settles(read: Callable[[], dict[str, Any]], expected: dict[str, Any]) -> None:
+    """``read()`` comes to equal ``expected`` (the materializer catches up); else the keys
+    that differ."""
+    got: dict[str, Any] = {}
+
+    def settled() -> bool:
+        nonlocal got
+        got = read()
+        return got == expected
+
+    try:
+        poll(settled, 30, interval=0.5, what="the table to equal Celery's State")
+    except AssertionError:
+        keys = sorted(set(got) | set(expected))
+        wrong = [
+            f"{k}: {got.get(k)} != {expected.get(k)}" for k in keys if got.get(k) != expected.get(k)
+        ]
+        raise AssertionError("\n".join(wrong)) from None
+
+
+def assert_readers_use_the_tables(
+    kafka: EmbeddedKafka, env: dict[str, str], expected: dict[str, Any], task_id: str
+) -> None:
+    """The library's lookup, `timeline` and `state` answer from the tasks table and say so."""
+    servers, tasks_topic = [kafka.bootstrap_servers], env["BRIDGE_TASKS_TOPIC"]
+    assert lookup_task(servers, task_id, tasks_topic) == expected[task_id]
+    assert lookup_task(servers, "no-such-task", tasks_topic) is None
+    topics = ["--kafka-bootstrap-servers", kafka.bootstrap_servers, "--topic", env["BRIDGE_TOPIC"]]
+    tables = ["--tasks-topic", tasks_topic, "--workers-topic", env["BRIDGE_WORKERS_TOPIC"]]
+    result = CliRunner().invoke(
+        main, ["timeline", task_id, "--json", *topics, tables[0], tables[1]]
+    )
+    assert result.exit_code == 0, result.output
+    timeline = orjson.loads(result.stdout)
+    assert (timeline["source"], timeline["state"]) == (tasks_topic, expected[task_id]["state"])
+    result = CliRunner().invoke(main, ["state", "--json", *topics, *tables])
+    assert result.exit_code == 0, result.output
+    summary = orjson.loads(result.stdout)
+    assert summary["source"] == tasks_topic
+    assert summary["by_state"] == dict(
+        sorted(Counter(t["state"] for t in expected.values()).items())
+    )
+
+
+def wait_until_final(kafka: EmbeddedKafka, env: dict[str, str], task_ids: list[str]) -> None:
+    def unfinished() -> dict[str, str]:
+        tasks = tables_of(kafka, env)
+        states = {t: tasks.get(t, {}).get("state", "-") for t in task_ids}
+        return {t: state for t, state in states.items() if state not in FINAL}
+
+    try:
+        poll(lambda: not unfinished(), 60, interval=0.5, what="the tasks to finish")
+    except AssertionError:
+        raise AssertionError(f"unfinished: {unfinished()}") from None
+
+
+def assert_derived(steady: list[dict[str, Any]], doomed: list[str], hostname: str) -> None:
+    """The killed worker's tasks lost and stuck, the worker lost; nothing missing."""
+    lost = {e["uuid"]: e for e in steady if e["type"] == "task-lost"}
+    assert set(lost) == set(doomed)
+    for event in lost.values():
+        assert event["hostname"] == hostname
+        assert event["evidence"]["state"] == "STARTED"
+        assert event["evidence"]["worker"] == "heartbeats stopped"
+    assert {e["uuid"] for e in steady if e["type"] == "task-stuck"} == set(doomed)
+    assert [e["hostname"] for e in steady if e["type"] == "worker-lost"] == [hostname]
+    assert not [e for e in steady if e["type"] == "events-missing"], steady
+
+
+@pytest.mark.slow
+def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill(
+    names: Names,
+    kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+    worker: Callable[..., subprocess.Popen[bytes]],
+    materializers: list[BridgeProcess],
+    tmp_path: Path,
+) -> None:
+    start_bridge()
+    stuck = {"BRIDGE_STUCK_AFTER": "tests.celery_app.nap=1"}
+    steady_env = materialize_env(names, kafka.bootstrap_servers, "steady", **stuck)
+    moved_env = materialize_env(names, kafka.bootstrap_servers, "moved", **stuck)
+    doomed_host = f"doomed-{names.suffix}@h"
+    doomed_queue = f"{names.task_queue}-doomed"
+    doomed_worker = start_worker(
+        names.exchange, doomed_queue, tmp_path / "d.log", hostname=doomed_host
+    )
+    try:
+        steady = start_materialize(steady_env, tmp_path / "steady.log")
+        first = start_materialize(moved_env, tmp_path / "moved-1.log")
+        standby = start_materialize(moved_env, tmp_path / "moved-2.log", wait=False)
+        materializers += [steady, first, standby]
+        healthy = worker(hostname=f"healthy-{names.suffix}@h")
+        app = client_app(names)
+        task_ids = run_task_mix(app)
+        doomed = [app.send_task("tests.celery_app.nap", (60,), queue=doomed_queue).id for _ in "ab"]
+
+        def doomed_started() -> bool:
+            tasks = tables_of(kafka, moved_env)
+            return all(tasks.get(t, {}).get("state") == "STARTED" for t in doomed)
+
+        poll(doomed_started, 60, interval=0.5, what="the doomed tasks to start")
+        poll(lambda: standby.http("/readyz")[0] == 503, 30, what="the standby to answer unready")
+        assert orjson.loads(standby.http("/readyz")[1])["lease"] == "waiting"
+        first.kill()  # mid-run: the standby takes the lease and carries on from the tables
+        kill_worker(doomed_worker)
+        task_ids += run_task_mix(app)
+        app.close()
+        wait_until_final(kafka, steady_env, task_ids)
+        stop_worker(healthy)  # a clean worker-offline: its tasks are all finished
+        poll(lambda: rabbit.queue_state(names.queue) == (0, 1), 30, what="bridge queue drained")
+        expected = celery_state(rabbit.drain(witness), kafka.bootstrap_servers, names.topic)
+        assert set(task_ids + doomed) <= set(expected)
+        for env in (steady_env, moved_env):
+            read = functools.partial(tables_of, kafka, env)
+            assert_settles(lambda: without_clock(read()), without_clock(expected))  # noqa: B023
+        assert_readers_use_the_tables(kafka, steady_env, expected, task_ids[0])
+        found = derived_events(kafka.bootstrap_servers, steady_env["BRIDGE_DERIVED_TOPIC"])
+        assert_derived(found, doomed, doomed_host)
+        after_kill = derived_events(kafka.bootstrap_servers, moved_env["BRIDGE_DERIVED_TOPIC"])
+        assert {e["id"] for e in after_kill} == {e["id"] for e in found}  # none missing
+        workers = table(kafka.bootstrap_servers, steady_env["BRIDGE_WORKERS_TOPIC"])
+        assert workers[f"healthy-{names.suffix}@h"]["status"] == "offline"
+        assert workers[doomed_host]["status"] == "lost"
+        assert steady.metric("celery_kafka_bridge_events_missing_total") == 0
+        assert steady.metric("celery_kafka_bridge_derived_events_total", type="task-lost") == 2
+        assert standby.http("/readyz")[0] == 200
+        assert all(line["level"] for line in json_lines(standby.log()))
+    finally:
+        if doomed_worker.poll() is None:
+            kill_worker(doomed_worker)
+
+
+@contextlib.contextmanager
+def unbound(vhost: str, exchange: str, queue: str) -> Iterator[None]:
+    """The queue's bindings to the exchange removed for the block, then put back."""
+    where = (
+        f"bindings/{quote(vhost, safe='')}/e/{quote(exchange, safe='')}/q/{quote(queue, safe='')}"
+    )
+    bindings = management("GET", where)
+    assert bindings, f"{queue} is not bound to {exchange}"
+    for binding in bindings:
+        management("DELETE", f"{where}/{quote(binding['properties_key'], safe='')}")
+    try:
+        yield
+    finally:
+        for binding in bindings:
+            management(
+                "POST",
+                where,
+                {"routing_key": binding["routing_key"], "arguments": binding["arguments"]},
+            )
+
+
+def started_ids(events: list[dict[str, Any]], hostname: str) -> set[str]:
+    return {
+        event_id(e) for e in events if e["type"] == "task-started" and e["hostname"] == hostname
+    }
+
+
+@pytest.mark.slow
+def test_a_worker_whose_events_are_refused_for_a_while_is_reported_with_the_exact_count(
+    names: Names,
+    kafka: EmbeddedKafka,
+    rabbit: Rabbit,
+    witness: str,
+    start_bridge: BridgeFactory,
+    worker: Callable[..., subprocess.Popen[bytes]],
+    materializers: list[BridgeProcess],
+    tmp_path: Path,
+) -> None:
+    start_bridge()
+    env = materialize_env(
+        names, kafka.bootstrap_servers, "count", BRIDGE_COMPLETENESS_GRACE_SECONDS="2"
+    )
+    materializer = start_materialize(env, tmp_path / "materialize.log")
+    materializers.append(materializer)
+    hostname = f"dropped-{names.suffix}@h"
+    worker_log = tmp_path / "worker-0.log"
+    celery_worker = worker(hostname=hostname)
+    app = client_app(names)
+    finished = 0
+
+    def run(count: int) -> None:
+        nonlocal finished
+        for i in range(count):
+            app.send_task("tests.celery_app.add", (i, i))
+        finished += count
+        poll(
+            lambda: worker_log.read_text().count("succeeded in") >= finished,
+            30,
+            what=f"{finished} tasks to finish",
+        )
+
+    run(5)
+    with unbound(names.vhost, names.exchange, names.queue):  # events lost before the bridge
+        run(12)
+    run(5)
+    stop_worker(celery_worker)  # worker-offline carries the final count
+    app.close()
+    poll(lambda: rabbit.queue_state(names.queue) == (0, 1), 30, what="bridge queue drained")
+    sent = started_ids(events_of(rabbit.drain(witness)), hostname)
+    stored = {
+        r.headers["event_id"].decode()
+        for r in read_topic(kafka.bootstrap_servers, names.topic, idle=1.0)
+    }
+    lost = len(sent - stored)
+    assert lost > 0, "the policy refused no task-started event"
+
+    def reported() -> int:
+        events = derived_events(kafka.bootstrap_servers, env["BRIDGE_DERIVED_TOPIC"])
+        return sum(e["missing"] for e in events if e["type"] == "events-missing")
+
+    poll(lambda: reported() >= lost, 30, interval=0.5, what=f"{lost} missing events reported")
+    assert reported() == lost
+    assert (
+        materializer.metric("celery_kafka_bridge_events_missing_total", hostname=hostname) == lost
+    )
