@@ -57,7 +57,7 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     assert 0 < latency["acked_within_25ms_pct"] <= 100, "read from the bridge's histogram"
     to_ack = latency["to_ack"]
     assert 0 < to_ack["p50"] <= to_ack["p95"] <= to_ack["p99"] <= to_ack["max"]
-    assert len(report["targets"]) == 6
+    assert len(report["targets"]) == 7
     orderings = {o["topology"]: o for o in report["ordering"]}
     assert sorted(orderings) == [
         "competing",
