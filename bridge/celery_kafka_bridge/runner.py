@@ -155,7 +155,11 @@ async def _run_bridge(
 async def _start_kafka(sink: KafkaSink, audit: TopicAudit) -> None:
     """Connect, create the missing topics, audit them once (before any message is taken)."""
     await sink.start()
-    await retried("kafka topic audit", lambda: sink.topics.check(audit), RETRIABLE)
+    try:
+        await retried("kafka topic audit", lambda: sink.topics.check(audit), RETRIABLE)
+    except BaseException:  # stopped while Kafka was away
+        await sink.stop()
+        raise
 
 
 def _durability_gate(
