@@ -63,6 +63,8 @@ class KafkaAdmin:
             future.result(_TIMEOUT)
 
     def delete(self, *topics: str) -> None:
+        if not topics:
+            return
         for future in self._client.delete_topics(list(topics)).values():
             future.result(_TIMEOUT)
 

@@ -40,7 +40,10 @@ async def write_records_async(
         topic_min_insync_replicas=1,
     )
     sink = KafkaSink(config)
-    await sink.topics.ensure()
+    try:
+        await sink.topics.ensure()
+    finally:
+        await sink.topics.close()
     async with AIOKafkaProducer(**sink.producer_options()) as producer:
         for record in records:
             await producer.send_and_wait(

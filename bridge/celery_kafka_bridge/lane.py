@@ -107,7 +107,13 @@ class Lane:
         """Connect the producer (retrying until Kafka answers), create the missing topics and
         audit them once, then consume."""
         await self.sink.start()
-        await retried("kafka topic audit", lambda: self.sink.topics.check(self.audit), RETRIABLE)
+        try:
+            await retried(
+                "kafka topic audit", lambda: self.sink.topics.check(self.audit), RETRIABLE
+            )
+        except BaseException:  # stopped while Kafka was away
+            await self.sink.stop()
+            raise
         self.work = asyncio.gather(
             self.pipeline.run(),
             self._status_lines(),

@@ -60,7 +60,7 @@ class KafkaSink:
                     async with asyncio.timeout(self._producer.timeout):
                         await self.topics.ensure(check_brokers=True)
         except BaseException:  # a bad setting, or stopped while waiting: nothing will be sent
-            await self._producer.stop()
+            await self.stop()
             raise
         log.info("kafka producer ready at %s", self._config.kafka_bootstrap_servers)
 
@@ -123,3 +123,4 @@ class KafkaSink:
         for batches in self._writers:
             await batches.close()
         await self._producer.stop()
+        await self.topics.close()

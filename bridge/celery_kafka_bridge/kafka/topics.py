@@ -185,8 +185,10 @@ class TopicAudit:
 
 
 class TopicAdmin:
-    """Creates and describes ``topics`` on a short-lived admin client per call; ``overrides``
-    are settings some topics are created with on top of `creation_configs` (e.g. compaction)."""
+    """Creates and describes ``topics`` on an admin client of its own, kept between calls
+    (`close` it): a call cancelled midway, e.g. at shutdown, then leaves no connection behind.
+    ``overrides`` are settings some topics are created with on top of `creation_configs` (e.g.
+    compaction)."""
 
     def __init__(
         self,
@@ -198,20 +200,36 @@ class TopicAdmin:
         self.topics = list(topics)
         self._overrides = overrides or {}
         self._unreadable: dict[str, int] = {}
+        self._client: AIOKafkaAdminClient | None = None
+        self._connecting = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def _admin(self) -> AsyncIterator[AIOKafkaAdminClient]:
-        config = self._config
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=config.bootstrap_servers,
-            request_timeout_ms=_ADMIN_TIMEOUT_MS,
-            **kafka_security(config),
-        )
-        await admin.start()
+        """The client, connected on first use; after a failure the next call connects anew."""
+        async with self._connecting:
+            if self._client is None:
+                config = self._config
+                self._client = AIOKafkaAdminClient(
+                    bootstrap_servers=config.bootstrap_servers,
+                    request_timeout_ms=_ADMIN_TIMEOUT_MS,
+                    **kafka_security(config),
+                )
+                try:
+                    await self._client.start()
+                except BaseException:
+                    await self.close()
+                    raise
+            client = self._client
         try:
-            yield admin
-        finally:
-            await admin.close()
+            yield client
+        except RETRIABLE:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
 
     async def ensure(self, check_brokers: bool = False) -> None:
         """Create the missing topics; raise `ConfigError` if the cluster has fewer brokers than

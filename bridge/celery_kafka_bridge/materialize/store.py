@@ -33,9 +33,12 @@ async def ensure_topics(config: Config) -> None:
     admin = TopicAdmin(
         config, [*tables, config.derived_topic], overrides={topic: COMPACT for topic in tables}
     )
-    async for attempt in backoff("materialize topic creation", RETRIABLE):
-        with attempt:
-            await admin.ensure()
+    try:
+        async for attempt in backoff("materialize topic creation", RETRIABLE):
+            with attempt:
+                await admin.ensure()
+    finally:
+        await admin.close()
 
 
 async def read_table(config: Config, topic: str) -> Table:
