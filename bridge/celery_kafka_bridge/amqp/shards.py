@@ -86,7 +86,8 @@ class ShardBalancer:
     back of their lines, and the next replica takes them; a shard so passes along until a
     replica below its share keeps it. It does so only while nothing it took is unacked, so the
     next replica cannot write a shard's later events to Kafka before this one's in-flight
-    earlier ones.
+    earlier ones; deliveries already on the wire when it cancels still can be, and it logs
+    how many there were.
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class ShardBalancer:
         self._on_message = on_message
         self._shard_of: dict[str, str] = {}  # consumer tag -> shard queue
         self._active: set[str] = set()  # consumer tags that have had a delivery
+        self._on_wire: dict[str, int] = {}  # tags being cancelled -> deliveries meanwhile
         self._presence = ""
         self._slot = 0
         self._next_check = 0.0
@@ -115,11 +117,11 @@ class ShardBalancer:
             self._config.replicas_queue, no_ack=True, callback=_ignore
         )
 
-    def check(self, idle: bool) -> None:
-        """Give up the shards beyond this replica's share (at most every few seconds), at a
-        moment when every delivery so far is acked (``idle``)."""
+    def check(self) -> None:
+        """Give up the shards beyond this replica's share (at most every few seconds); called
+        at moments when every delivery so far is acked."""
         now = time.monotonic()
-        if now < self._next_check or not idle:
+        if now < self._next_check:
             return
         self._next_check = now + _BALANCE_SECONDS
         replicas = max(self._replicas(), 1)
@@ -130,7 +132,9 @@ class ShardBalancer:
         for tag in active[share:]:
             queue = self._shard_of.pop(tag)
             self._active.discard(tag)
-            self._channel.basic_cancel(tag)
+            self._on_wire[tag] = 0
+            self._channel.basic_cancel(tag)  # deliveries until its cancel-ok still arrive
+            on_wire = self._on_wire.pop(tag)
             self._consume(queue)
             log.info(
                 "shard %s handed on: active on %d shards, share %d of %d replicas",
@@ -139,6 +143,13 @@ class ShardBalancer:
                 share,
                 replicas,
             )
+            if on_wire:
+                log.warning(
+                    "shard %s: %d deliveries were on the wire when it was handed on; the next "
+                    "replica may write later events of their workers before them",
+                    queue,
+                    on_wire,
+                )
 
     def stop(self) -> None:
         for tag in [*self._shard_of, self._presence]:
@@ -154,6 +165,8 @@ class ShardBalancer:
         tag = message.delivery_info.get("consumer_tag")
         if tag in self._shard_of:
             self._active.add(tag)
+        elif tag in self._on_wire:
+            self._on_wire[tag] += 1
         self._on_message(message)
 
     def _slot_queue(self, index: int) -> str:

@@ -119,11 +119,12 @@ class AmqpSource(SourceThread):
             self._apply_acks(channel)
             if self._closed.is_set():
                 return
+            if consuming and self._acked_through >= self._last_delivered:
+                consumers.check()  # a hand-on waits for such a moment; under load they are brief
             now = time.monotonic()
             if now >= next_heartbeat_check:  # once a second, not once per message
                 conn.heartbeat_check()
                 if consuming:
-                    consumers.check(idle=self._acked_through >= self._last_delivered)
                     retirer.check(self._last_delivered, self._acked_through)
                 next_heartbeat_check = now + 1.0
             self._drain_once(amqp_connection)

@@ -26,7 +26,10 @@ class Consumers(Protocol):
     """The consumers of a session on the declared queues; called on the source thread."""
 
     def start(self, queues: list[str]) -> None: ...
-    def check(self, idle: bool) -> None: ...
+    def check(self) -> None:
+        """Called at each moment every delivery so far is acked."""
+        ...
+
     def stop(self) -> None: ...
 
 
@@ -44,7 +47,7 @@ class PlainConsumers:
             for queue in queues
         ]
 
-    def check(self, idle: bool) -> None:
+    def check(self) -> None:
         """Nothing to rebalance."""
 
     def stop(self) -> None:
