@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from bench import drains
+from bench import confirms, drains
 from bench.drains import Drain, Setup
 from bench.latency import run_rates
 from bench.materialize import materialize
@@ -30,6 +30,10 @@ QUICK_EVENTS = 20_000
 QUICK_RATES = "500,2000"
 QUICK_SECONDS = 5.0
 QUICK_TASKS = 300
+BARE_BURST = 150_000
+"""Events of a bare publisher's burst: enough in flight at the close to expose the loss."""
+DISPATCHER_BURST = 10_000
+"""Events of a dispatcher's burst (with confirms, each publish waits a round trip)."""
 
 
 @contextlib.contextmanager
@@ -107,10 +111,19 @@ def throughput(setup: Setup, which: str) -> list[Drain]:
     help="Tasks of each topology's ordering run; 0: none [env: BENCH_ORDERING_TASKS].",
 )
 @click.option(
+    "--publish-trials",
+    type=int,
+    default=3,
+    envvar="BENCH_PUBLISH_TRIALS",
+    show_default=True,
+    help="Publish-then-close trials of each publisher and setting; 0: none "
+    "[env: BENCH_PUBLISH_TRIALS].",
+)
+@click.option(
     "--quick",
     is_flag=True,
     help=f"{QUICK_EVENTS:,} events, rates {QUICK_RATES}, {QUICK_SECONDS:.0f} s each, "
-    f"{QUICK_TASKS} tasks per topology.",
+    f"{QUICK_TASKS} tasks per topology, one publish-then-close trial of each kind.",
 )
 @click.option(
     "--out",
@@ -157,6 +170,7 @@ def main(
     rates: str,
     rate_seconds: float,
     ordering_tasks: int,
+    publish_trials: int,
     quick: bool,
     out: Path,
     amqp_url: str,
@@ -165,10 +179,12 @@ def main(
     which: str,
     redis: bool,
 ) -> None:
-    """Drain N events five ways, then time events through the bridge at fixed rates."""
+    """Drain N events through each consumer, time events through the bridge at fixed rates,
+    count each topology's inversions, and count what a burst loses when its connection closes."""
     if quick:
         events, rates, rate_seconds = min(events, QUICK_EVENTS), QUICK_RATES, QUICK_SECONDS
         ordering_tasks = min(ordering_tasks, QUICK_TASKS)
+        publish_trials = min(publish_trials, 1)
     rate_list = [float(r) for r in rates.split(",") if r.strip()]
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     workdir = out / "logs"
@@ -198,6 +214,12 @@ def main(
                 drained += redis_run.drains
                 orderings += redis_run.orderings
                 meta["claim_us_per_message"] = round(redis_run.claim_us, 2)
+            click.echo(f"publish, then close: {publish_trials} trials of each kind")
+            publishing = (
+                confirms.run(amqp_url, prefix, BARE_BURST, DISPATCHER_BURST, publish_trials)
+                if publish_trials
+                else []
+            )
         finally:
             clean_up(amqp_url, prefix, len(rate_list))
     meta |= {
@@ -212,7 +234,12 @@ def main(
         "prefix": prefix,
     }
     report = Report(
-        meta, drained, [lat for lat, _ in latencies], [a for _, a in latencies], orderings
+        meta,
+        drained,
+        [lat for lat, _ in latencies],
+        [a for _, a in latencies],
+        orderings,
+        publishing,
     )
     paths = report.write(out)
     click.echo("\n" + report.markdown())

@@ -27,6 +27,8 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
         "2",
         "--ordering-tasks",
         "20",
+        "--publish-trials",
+        "1",
         "--out",
         str(tmp_path),
         "--amqp-url",
@@ -57,7 +59,17 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     assert 0 < latency["acked_within_25ms_pct"] <= 100, "read from the bridge's histogram"
     to_ack = latency["to_ack"]
     assert 0 < to_ack["p50"] <= to_ack["p95"] <= to_ack["p99"] <= to_ack["max"]
-    assert len(report["targets"]) == 7
+    assert len(report["targets"]) == 8
+    publishing = {(p["publisher"], p["confirm_publish"]): p for p in report["publishing"]}
+    assert sorted(publishing) == [
+        ("Celery dispatcher", False),
+        ("Celery dispatcher", True),
+        ("bare py-amqp, full speed", False),
+    ]
+    assert all(p["trials"] == 1 and 0 <= p["lost"] <= p["events"] for p in publishing.values())
+    confirmed = publishing[("Celery dispatcher", True)]
+    assert confirmed["lost"] == 0, "every confirmed publish is in the queue"
+    assert confirmed["wall_us_per_event"] > 0
     orderings = {o["topology"]: o for o in report["ordering"]}
     assert sorted(orderings) == [
         "competing",
