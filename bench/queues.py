@@ -84,7 +84,7 @@ def replay(channel: Any, messages: list[Captured], exchange: str, queue: str) ->
 def generate(rabbit: Rabbit, amqp_url: str, prefix: str, events: int) -> list[Captured]:
     """``events`` events sent by Celery's dispatcher, captured as the messages that carry them."""
     exchange, holding = rabbit.exchange(f"{prefix}-gen"), f"{prefix}-holding"
-    rabbit.channel.queue_declare(holding, durable=False, auto_delete=False)
+    rabbit.channel.queue_declare(holding, durable=True, auto_delete=False)
     rabbit.bind(holding, exchange)
     workers = Workers(event_app(amqp_url, exchange), prefix)
     try:
