@@ -177,6 +177,13 @@ class Report:
             )
         ratios = ", ".join(f"{k} = {v}" for k, v in self.ratios().items() if v is not None)
         lines += ["", f"Ratios: {ratios}.", ""]
+        if "decoding_us_per_event" in meta:
+            cost = meta["decoding_us_per_event"]
+            lines += [
+                f"Decoding in process (best of 3): {cost['without_rules_us']} us per event "
+                f"without rules, {cost['with_rules_us']} us with bench/rules.yaml.",
+                "",
+            ]
         if "claim_us_per_message" in meta:
             lines += [
                 f"Redis claims: {meta['claim_us_per_message']} us per message and replica "

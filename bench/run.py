@@ -11,12 +11,14 @@ import os
 import platform
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 import click
 
 from bench import confirms, drains
+from bench.decoding import decoding_cost
 from bench.drains import Drain, Setup
 from bench.latency import run_rates
 from bench.materialize import materialize
@@ -204,6 +206,9 @@ def main(
         try:
             click.echo(f"draining {setup.events:,} events ({len(messages):,} messages)")
             drained = throughput(setup, which)
+            if "e" in which:
+                cost = decoding_cost(messages, drains.RULES, drains.BENCH_HASH_KEY)
+                meta["decoding_us_per_event"] = asdict(cost)
             click.echo(f"latency at {', '.join(f'{r:,.0f}' for r in rate_list) or 'no'} events/s")
             latencies = run_rates(setup, rate_list, rate_seconds)
             click.echo(f"ordering: {ordering_tasks:,} tasks per topology, three replicas")
