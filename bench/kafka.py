@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+_STALL_SECONDS = 10.0
+"""No record for this long while short of the expected count: the reader starts over."""
+
 
 @dataclass
 class Arrivals:
@@ -69,14 +72,16 @@ async def read(
     consumer = await assigned_consumer(bootstrap, topic, 10 if on_record else 100)
     seen = 0
     reached_at = 0.0
+    positions: dict[TopicPartition, int] = {}
     try:
         deadline = time.monotonic() + timeout
         last = time.monotonic()
         while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=100, max_records=20_000)
             now = time.time()
-            for messages in batches.values():
+            for partition, messages in batches.items():
                 seen += len(messages)
+                positions[partition] = messages[-1].offset + 1
                 if on_record is not None:
                     for m in messages:
                         on_record(m.timestamp, m.value, now)
@@ -86,6 +91,14 @@ async def read(
                 last = time.monotonic()
             elif seen >= expected and time.monotonic() - last > idle:
                 break
+            elif time.monotonic() - last > _STALL_SECONDS:
+                # Tansu has left a reader with nothing to fetch although the topic held more:
+                # a fresh consumer goes on from the positions reached.
+                await consumer.stop()
+                consumer = await assigned_consumer(bootstrap, topic, 10)
+                for partition, offset in positions.items():
+                    consumer.seek(partition, offset)
+                last = time.monotonic()
         return seen, reached_at
     finally:
         await consumer.stop()

@@ -92,7 +92,8 @@ def _clean_up(amqp_url: str, config: Config, task_queue: str) -> None:
     try:
         for queue in [*config.event_queues, task_queue, config.replicas_queue]:
             rabbit.channel.queue_delete(queue)
-        for exchange in (config.shard_exchange, config.event_exchange):
+        # The worker's task exchange is named after its queue (Celery's default).
+        for exchange in (config.shard_exchange, config.event_exchange, task_queue):
             rabbit.channel.exchange_delete(exchange)
     finally:
         rabbit.close()

@@ -53,7 +53,7 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     assert drains["m"]["peak_rss_mb"] > 0, "materialize applied every event of (c)'s topic"
     assert report["meta"]["claim_us_per_message"] > 0
     decoding = report["meta"]["decoding_us_per_event"]
-    assert 0 < decoding["without_rules_us"] and 0 < decoding["with_rules_us"]
+    assert decoding["without_rules_us"] > 0 and decoding["with_rules_us"] > 0
     (latency,) = report["latency"]
     assert latency["rate"] == 200
     assert latency["received"] >= latency["sent"] == 400
