@@ -30,7 +30,7 @@ from bench.queues import Rabbit
 from harness.support import amqp_connection
 
 _SETTLE_SECONDS = 2.0
-"""A queue depth unchanged this long is final (quorum queue counts trail the publisher)."""
+"""A queue depth unchanged this long is final (a lost tail never arrives)."""
 
 Burst = Callable[[str, str, list[Event]], tuple[float, float]]
 """Sends events to an exchange on a fresh connection, closed at once: (wall, CPU) seconds."""
@@ -68,7 +68,7 @@ def run(
 
         def trial(burst: Burst, events: list[Event]) -> tuple[int, float, float]:
             wall, cpu = burst(amqp_url, exchange, events)
-            got = _settled_depth(rabbit, queue, len(events))
+            got = rabbit.settled_depth(queue, len(events), _SETTLE_SECONDS)
             rabbit.channel.queue_purge(queue)
             return len(events) - got, wall, cpu
 
@@ -138,15 +138,3 @@ def _bare_burst(amqp_url: str, exchange: str, events: list[Event]) -> tuple[floa
         return time.perf_counter() - wall, time.process_time() - cpu
     finally:
         conn.close()
-
-
-def _settled_depth(rabbit: Rabbit, queue: str, expected: int) -> int:
-    """The queue's depth once it reached ``expected`` or stopped changing."""
-    last, since = -1, time.monotonic()
-    while (depth := rabbit.depth(queue)) < expected:
-        if depth != last:
-            last, since = depth, time.monotonic()
-        elif time.monotonic() - since > _SETTLE_SECONDS:
-            break
-        time.sleep(0.1)
-    return depth

@@ -44,6 +44,24 @@ class Rabbit(support.Rabbit):
         """Ready messages of ``queue`` (unacked ones are not counted)."""
         return int(self.channel.queue_declare(queue, passive=True)[1])
 
+    def settled_depth(
+        self, queue: str, expected: int | None = None, settle: float = 0.5, timeout: float = 60
+    ) -> int:
+        """``queue``'s depth once it reached ``expected``, or held a non-zero value unchanged
+        for ``settle`` seconds (quorum queue counts trail the publisher)."""
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            depth = self.depth(queue)
+            if expected is not None and depth >= expected:
+                return depth
+            if depth != last:
+                last, since = depth, time.monotonic()
+            elif depth and time.monotonic() - since >= settle:
+                return depth
+            time.sleep(0.1)
+        return self.depth(queue)
+
     def capture(self, queue: str, count: int, timeout: float = 120.0) -> list[Captured]:
         """Take ``count`` messages off ``queue`` (no ack), exactly as they were published."""
         captured: list[Captured] = []
@@ -91,13 +109,7 @@ def generate(rabbit: Rabbit, amqp_url: str, prefix: str, events: int) -> list[Ca
         workers.send(events)
     finally:
         workers.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        depth = rabbit.depth(holding)
-        time.sleep(0.5)
-        if depth and rabbit.depth(holding) == depth:
-            break
-    messages = rabbit.capture(holding, rabbit.depth(holding))
+    messages = rabbit.capture(holding, rabbit.settled_depth(holding))
     rabbit.delete([holding], [exchange])
     return messages
 
