@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
+
+from celery import Celery
+from celery.events.receiver import EventReceiver
+from celery.events.state import State
 
 from celery_kafka_bridge.reader.audit import (
     EventFilter,
@@ -170,3 +175,71 @@ def test_feeding_the_state_leaves_the_callers_event_alone() -> None:
     before = dict(event)
     build([event])
     assert event == before
+
+
+def mixed_events() -> list[dict[str, Any]]:
+    """Tasks on two workers whose clocks interleave, a retry, a failure, heartbeats, children
+    arriving before and after their parent, a child of a parent never seen."""
+    events: list[dict[str, Any]] = []
+    for n in range(12):
+        host, clock = ("w1@h", 1000 + 10 * n) if n % 2 else ("w2@h", 20 + 10 * n)
+        uuid, parent = f"t{n}", {"parent_id": "t3", "root_id": "t3"} if n in (2, 5) else {}
+        parent = {"parent_id": "t99", "root_id": "t99"} if n == 8 else parent  # never seen
+        steps = lifecycle(
+            uuid, name=f"app.n{n % 3}", end="task-failed" if n == 7 else "task-succeeded"
+        )
+        for i, step in enumerate(steps):
+            step.update(hostname=step["hostname"] if i == 0 else host, clock=clock + i)
+            step["timestamp"] += n * 0.25
+            if step["type"] in ("task-sent", "task-received"):
+                step.update(parent)
+        if n == 4:
+            retried = task_event("task-retried", uuid, 1.0, clock + 3, exception="Retry()")
+            steps[3:3] = [{**retried, "hostname": host}, {**steps[1], "clock": clock + 4}]
+        events += steps
+        events.append({**lifecycle("hb")[0], "type": "worker-heartbeat", "hostname": host})
+    # a child that starts before its parent is sent and finishes last
+    child = [e for e in events if e.get("uuid") == "t2"]
+    rest = [e for e in events if e.get("uuid") != "t2"]
+    at = next(i for i, e in enumerate(rest) if e.get("uuid") == "t3")
+    return rest[:at] + child[:3] + rest[at:] + child[3:]
+
+
+def test_the_state_builder_computes_what_a_plain_celery_state_does() -> None:
+    """StateBuilder's State keeps no task heap and has faster caches: every task, child,
+    worker and the order in which tasks would be forgotten come out the same."""
+    max_tasks = 10  # t0 and t1 are forgotten
+    builder = StateBuilder(max_tasks)
+    plain, receiver = (
+        State(max_tasks_in_memory=max_tasks),
+        EventReceiver(None, app=Celery(set_as_current=False)),
+    )
+    for event in mixed_events():
+        builder.feed(event, received_at=event["timestamp"])
+        _, body = receiver.event_from_message(dict(event), now=lambda at=event["timestamp"]: at)
+        plain.event(body)
+        for state in (builder.state, plain):  # the materializer looks each task up
+            if isinstance(event.get("uuid"), str):
+                state.tasks.get(event["uuid"])
+    gc.collect()  # forgotten tasks stay among their parent's children until collected
+    ours = builder.state
+    assert list(ours.tasks) == list(plain.tasks)  # the same tasks, in the same LRU order
+    assert {u: task_fields(t) for u, t in ours.tasks.items()} == {
+        u: task_fields(t) for u, t in plain.tasks.items()
+    }
+    assert task_fields(ours.tasks["t3"])["children"] == ["t2", "t5"]
+    assert list(ours._tasks_to_resolve) == list(plain._tasks_to_resolve) == ["t99"]
+    assert {h: (w.clock, w.heartbeats, w.processed) for h, w in ours.workers.items()} == {
+        h: (w.clock, w.heartbeats, w.processed) for h, w in plain.workers.items()
+    }
+    assert (ours.event_count, ours.task_count) == (plain.event_count, plain.task_count)
+    assert list(plain.tasks_by_time()) and not list(ours.tasks_by_time())
+    ours.tasks.pop("t9")
+    assert "t9" not in ours.tasks and ours.tasks.pop("t9", None) is None
+
+
+def task_fields(task: Any) -> dict[str, Any]:
+    skip = ("worker", "root", "parent", "children")
+    fields = {name: getattr(task, name) for name in task._fields if name not in skip}
+    worker = task.worker.hostname if task.worker else None
+    return {**fields, "worker": worker, "children": sorted(c.uuid for c in task.children)}

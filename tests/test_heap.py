@@ -1,4 +1,4 @@
-"""`celery-kafka-bridge run` freezes its start-up heap, so collections skip the modules."""
+"""`run` and `materialize` freeze their start-up heap, so collections skip the modules."""
 
 from __future__ import annotations
 

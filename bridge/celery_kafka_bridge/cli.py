@@ -66,6 +66,7 @@ def materialize(**flags: Any) -> None:
     """Keep the task and worker state tables and the derived events until SIGTERM/SIGINT."""
     config = load_config(flags)
     setup_logging(config.log_level, config.log_format)
+    heap.freeze_startup_heap()  # before the tables are loaded: dropped tasks must be collected
     try:
         asyncio.run(run_materialize(config))
     except Exception as exc:

@@ -30,7 +30,8 @@ def task_value(task: Any) -> dict[str, Any]:
     """The record value of one of State's tasks."""
     value = {name: getattr(task, name, None) for name in TASK_FIELDS}
     value["worker"] = task.worker.hostname if task.worker is not None else None
-    value["children"] = sorted(child.uuid for child in task.children)
+    children = task.children  # a WeakSet: iterating one, even empty, costs a guard
+    value["children"] = sorted(child.uuid for child in children) if children else []
     return value
 
 

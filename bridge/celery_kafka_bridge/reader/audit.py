@@ -8,12 +8,13 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, SupportsIndex
 
 import orjson
 from celery import Celery, states
 from celery.events.receiver import EventReceiver
 from celery.events.state import State
+from kombu.utils.functional import LRUCache
 
 from celery_kafka_bridge.reader.events import EventFields
 from celery_kafka_bridge.reader.timeparse import format_time
@@ -88,16 +89,56 @@ def _short(value: Any) -> str:
     return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 1] + "…"
 
 
+class _NoTaskHeap(list[Any]):
+    """State's task heap, kept empty.
+
+    State adds an entry for every task event to a list kept in clock order (up to four per
+    task), read only by `State.tasks_by_time` and the callable forms of ``tasks_by_type`` and
+    ``tasks_by_worker``, which nothing here uses. Events of several workers come out of clock
+    order, so most go through ``bisect.insort``, which calls ``insert`` on a list subclass.
+    """
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def insert(self, index: SupportsIndex, item: Any) -> None:
+        pass
+
+
+class _LRUCache(LRUCache):
+    """kombu's LRUCache with the same results, order and KeyErrors, reading the dict directly.
+
+    LRUCache's ``__getitem__`` pops the key and sets it again through its ``__setitem__``, and
+    its ``pop`` (MutableMapping's) goes through that ``__getitem__``. The materializer looks up
+    the task of every task event, and State pops every task event's uuid from the children
+    waiting for a parent, where it is nearly always missing.
+    """
+
+    data: OrderedDict[Any, Any]
+
+    def __getitem__(self, key: Any) -> Any:
+        with self.mutex:
+            self.data.move_to_end(key)
+            return self.data[key]
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        with self.mutex:
+            return self.data.pop(key, *default)
+
+
 class StateBuilder:
     """Feeds events to a `celery.events.state.State` exactly as Celery's EventReceiver would.
 
     The receiver adds ``local_received`` and fixes task-sent clocks and time zones; State
     ignores worker events and fails on task events without that. The bridge's ``received_at``
     header is the moment the event was received, so it stands in for the receiver's clock.
+    The state keeps no task heap (`State.tasks_by_time` yields nothing).
     """
 
     def __init__(self, max_tasks: int = 100_000) -> None:
-        self.state = State(max_tasks_in_memory=max_tasks)
+        tasks = _LRUCache(max_tasks)  # type: ignore[no-untyped-call]
+        self.state = State(max_tasks_in_memory=max_tasks, tasks=tasks, taskheap=_NoTaskHeap())
+        self.state._tasks_to_resolve = _LRUCache(max_tasks)  # type: ignore[no-untyped-call]
         self._receiver = EventReceiver(None, app=Celery(set_as_current=False))
 
     def feed(self, event: EventFields, received_at: float | None = None) -> None:
