@@ -145,12 +145,21 @@ def test_the_task_name_follows_the_task_so_later_events_match_by_it() -> None:
     assert "task_name" not in dict(other.headers)  # never named: no header, no match
 
 
-def test_the_task_name_cache_is_bounded() -> None:
-    rules = shaper(task_name_cache=2)
-    names = [event("task-received", uuid=f"t-{i}", name=f"n{i}") for i in range(3)]
-    shaped(rules, *names)
-    later = [event("task-started", uuid=f"t-{i}") for i in range(3)]
-    assert [dict(r.headers).get("task_name") for r in shaped(rules, *later)] == [None, b"n1", b"n2"]
+def test_the_task_name_cache_keeps_the_last_half_of_its_size_and_no_more() -> None:
+    rules = shaper(task_name_cache=4)
+    shaped(rules, *[event("task-received", uuid=f"t-{i}", name=f"n{i}") for i in range(6)])
+    later = [event("task-started", uuid=f"t-{i}") for i in range(6)]
+    names = [dict(r.headers).get("task_name") for r in shaped(rules, *later)]
+    assert names == [None, None, None, None, b"n4", b"n5"]
+
+
+def test_a_task_name_looked_up_lately_is_kept() -> None:
+    rules = shaper(task_name_cache=4)
+    learn = [event("task-received", uuid=f"t-{i}", name=f"n{i}") for i in range(4)]
+    shaped(rules, learn[0], learn[1], event("task-started", uuid="t-0"), learn[2], learn[3])
+    later = [event("task-succeeded", uuid=f"t-{i}") for i in (1, 0)]  # t-1 made way for t-2
+    names = [dict(r.headers).get("task_name") for r in shaped(rules, *later)]
+    assert names == [None, b"n0"]
 
 
 def test_values_only_python_json_reads_stay_marked_until_redacted_away() -> None:

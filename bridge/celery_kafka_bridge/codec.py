@@ -15,7 +15,6 @@ import hashlib
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import partial
 from typing import Any, Protocol
 
 import msgpack
@@ -177,13 +176,11 @@ def _outcomes(
 ) -> list[Outcome]:
     """``raw``: the body, when it is JSON that can be passed through."""
     received_at = ("received_at", str(envelope.received_at_ms).encode())
-    # Chosen once per message, so without rules an event costs what it did before them.
-    judge = _judge if shaper is None else partial(_shaped, shaper)
     if isinstance(payload, dict):
-        return [judge(envelope, received_at, payload, raw, index=None, parser=parser)]
+        return [_judge(envelope, received_at, payload, raw, None, parser, shaper)]
     if isinstance(payload, list) and payload:
         return [
-            judge(envelope, received_at, item, None, index=i, parser=parser)
+            _judge(envelope, received_at, item, None, i, parser, shaper)
             for i, item in enumerate(payload)
         ]
     if isinstance(payload, list):
@@ -192,40 +189,33 @@ def _outcomes(
     return [_dead(envelope, Reason.NOT_AN_OBJECT, f"body is a {kind}", envelope.body)]
 
 
-def _judge(
+def _judge(  # noqa: PLR0917 - positional: called once per event
     envelope: Envelope,
     received_at: _Header,
     item: Any,
     raw: bytes | None,
-    *,
     index: int | None,
     parser: str,
+    shaper: Shaper | None,
 ) -> Outcome:
     """One decoded event (or list element) as a record, or a dead letter saying why not.
 
     ``raw`` is the message body when it holds exactly this one event: it is written as is.
     Otherwise the value is the canonical JSON that ``event_id`` hashes, so it is encoded once.
+    ``shaper`` sees (and may change) the event before anything is read from it; a changed
+    event is written as its canonical JSON, on which ``event_id`` is computed.
     """
-    if not isinstance(item, dict):
-        detail = f"element is a {type(item).__name__}"
-        dead = _reencode(item, parser)
-        return _dead(envelope, Reason.NOT_AN_OBJECT, detail, dead, _index(index))
-    event_type = item.get("type")
+    event_type = item.get("type") if isinstance(item, dict) else None
     if not isinstance(event_type, str) or not event_type:
-        detail = "no string 'type' field"
-        dead = _reencode(item, parser)
-        return _dead(envelope, Reason.MISSING_TYPE, detail, dead, _index(index))
+        return _untyped(envelope, item, index, parser)
+    verdict = None
+    if shaper is not None:
+        verdict = shaper(item, event_type)
+        if verdict.changed:
+            raw = None
     hostname, uuid, timestamp = item.get("hostname"), item.get("uuid"), item.get("timestamp")
     if parser is _FAST:
-        try:
-            canonical = _canonical(item)
-        except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes
-            raise _Inexact from exc
-        # orjson writes floats of 1e16 and up with "e+"; an integer past 64 bits is one now.
-        # An int operand makes `in` a memchr: 20 ns where b"e+" alone costs 300.
-        if _PLUS in canonical and b"e+" in canonical:
-            raise _Inexact
-        strict = True
+        canonical, strict = _strict_canonical(item), True
     else:
         exact = _exact(envelope, item, index, parser)
         if isinstance(exact, DeadLetter):
@@ -245,6 +235,10 @@ def _judge(
     headers += (("event_id", digest(canonical).encode()), _JSON_HEADER, received_at)
     if not strict:
         headers.append(NOT_STRICT_HEADER)
+    topic = None
+    if verdict is not None:
+        headers += verdict.headers
+        topic = verdict.topic
     return EventRecord(
         task_id or host or None,  # the key: the task uuid, else the worker hostname, else none
         canonical if raw is None else raw,
@@ -252,33 +246,31 @@ def _judge(
         event_type,
         hostname,
         float(timestamp) if isinstance(timestamp, _NUMBER) else None,
+        topic,
+        verdict,
     )
 
 
-def _shaped(
-    shaper: Shaper,
-    envelope: Envelope,
-    received_at: _Header,
-    item: Any,
-    raw: bytes | None,
-    *,
-    index: int | None,
-    parser: str,
-) -> Outcome:
-    """`_judge` with the rules: the shaper sees (and may change) the event before it is
-    encoded; a changed event is written as its canonical JSON, on which ``event_id`` is
-    computed."""
-    event_type = item.get("type") if isinstance(item, dict) else None
-    if not isinstance(event_type, str) or not event_type:
-        return _judge(envelope, received_at, item, raw, index=index, parser=parser)
-    verdict = shaper(item, event_type)
-    if verdict.changed:
-        raw = None
-    outcome = _judge(envelope, received_at, item, raw, index=index, parser=parser)
-    if isinstance(outcome, EventRecord):
-        outcome.headers += verdict.headers
-        outcome.topic, outcome.verdict = verdict.topic, verdict
-    return outcome
+def _untyped(envelope: Envelope, item: Any, index: int | None, parser: str) -> DeadLetter:
+    """An element that is no object, or an event without a type, as a dead letter."""
+    if isinstance(item, dict):
+        reason, detail = Reason.MISSING_TYPE, "no string 'type' field"
+    else:
+        reason, detail = Reason.NOT_AN_OBJECT, f"element is a {type(item).__name__}"
+    return _dead(envelope, reason, detail, _reencode(item, parser), _index(index))
+
+
+def _strict_canonical(item: dict[str, Any]) -> bytes:
+    """The fast path's canonical JSON; `_Inexact` where orjson cannot write it as kombu reads."""
+    try:
+        canonical = _canonical(item)
+    except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes
+        raise _Inexact from exc
+    # orjson writes floats of 1e16 and up with "e+"; an integer past 64 bits is one now.
+    # An int operand makes `in` a memchr: 20 ns where b"e+" alone costs 300.
+    if _PLUS in canonical and b"e+" in canonical:
+        raise _Inexact
+    return canonical
 
 
 def _exact(

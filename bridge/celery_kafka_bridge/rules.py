@@ -24,7 +24,7 @@ _NAMED_ACTIONS: frozenset[str] = frozenset({"drop", "mask", "hash"})
 _RULE_KEYS = frozenset({"name", "event_type", "task_name", "drop", "route", "fields"})
 _TOP_KEYS = frozenset({"rules", "hash_key", "task_name_cache"})
 _RULE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
-DEFAULT_TASK_NAME_CACHE = 50_000
+DEFAULT_TASK_NAME_CACHE = 100_000
 SETTING = f"{ENV_PREFIX}RULES_FILE"
 
 

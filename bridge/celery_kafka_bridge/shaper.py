@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -38,7 +38,10 @@ _FIELD_LABELS = {"drop": "drop_field", "mask": "mask", "hash": "hash", "truncate
 
 _Counted = tuple[str, str]
 """(rule name, action): a series of ``rule_applied_total``."""
-_Fields = tuple[tuple[_Counted, FieldAction], ...]
+_Change = Callable[[Any], Any] | None
+"""A field action as a function of the field's value; None: the field is dropped."""
+_Fields = tuple[tuple[_Counted, str, _Change], ...]
+"""(rule and action, field name, change) of each field action, in order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +81,16 @@ class Shaper:
         self._hmac = hmac.new(rules.hash_key or b"", digestmod=hashlib.sha256)
         # Most values hashed are few and repeated ("{}", "()"): each is hashed once.
         self._hash_text = lru_cache(maxsize=4096)(self._hash_bytes)
-        self._names: OrderedDict[str, str] = OrderedDict()
-        """Task id to task name, least recently used first, learnt from task-sent and
-        task-received events."""
+        # Task id to task name, learnt from task-sent and task-received events, in two plain
+        # dicts that take turns (no bookkeeping per lookup, unlike an LRU): the current names
+        # (learnt, or recalled from the older ones) and, once they reach half the cache, the
+        # older names they replace. At most `Rules.task_name_cache` names in all; the last
+        # half of it learnt or recalled are always known.
+        self._names: dict[str, str] = {}
+        self._older: dict[str, str] = {}
+        self._half = (rules.task_name_cache + 1) // 2
+        self._interned: dict[str, str] = {}
+        """One string per task name, so the caches do not hold a copy per task."""
         self._plans: dict[str, dict[str | None, _Plan]] = {}
         """By event type, then task name."""
         self._plan_count = 0
@@ -107,8 +117,8 @@ class Shaper:
                 name = self._learn(uuid, event.get("name"))
             else:  # the common case, inline: most task events are not the first of their task
                 name = self._names.get(uuid)
-                if name is not None:
-                    self._names.move_to_end(uuid)
+                if name is None:
+                    name = self._recall(uuid)
         plans = self._plans.get(event_type)
         plan = None if plans is None else plans.get(name)
         if plan is None:
@@ -145,21 +155,28 @@ class Shaper:
     def _redact(self, event: dict[str, Any], fields: _Fields) -> tuple[_Counted, ...]:
         """Apply the field actions to ``event`` in place; the (rule, action) of each taken."""
         applied: list[_Counted] = []
-        for counted, action in fields:
-            if action.field not in event:
+        for counted, name, change in fields:
+            if name not in event:
                 continue
-            if action.action == "drop":
-                del event[action.field]
+            if change is None:
+                del event[name]
             else:
-                event[action.field] = self._value(action, event[action.field])
+                event[name] = change(event[name])
             applied.append(counted)
         return tuple(applied)
 
-    def _value(self, action: FieldAction, value: Any) -> Any:
+    def _change(self, action: FieldAction) -> _Change:
+        """What ``action`` does to a field's value, as a function (None: drop the field)."""
+        if action.action == "drop":
+            return None
         if action.action == "mask":
-            return MASK
+            return lambda _: MASK
         if action.action == "truncate":
-            return value[: action.limit] if isinstance(value, str) else value
+            limit = action.limit
+            return lambda value: value[:limit] if isinstance(value, str) else value
+        return self._hash
+
+    def _hash(self, value: Any) -> str:
         if isinstance(value, str):
             return self._hash_text(value)
         # Any other value as its canonical JSON (bytes of a msgpack event as kombu's markers).
@@ -173,19 +190,26 @@ class Shaper:
 
     def _learn(self, task_id: str, name: Any) -> str | None:
         if not isinstance(name, str):
-            return self._recall(task_id)
-        names = self._names
-        names[task_id] = name
-        names.move_to_end(task_id)
-        if len(names) > self._rules.task_name_cache:
-            names.popitem(last=False)
+            known = self._names.get(task_id)
+            return self._recall(task_id) if known is None else known
+        interned = self._interned
+        if len(interned) >= _MAX_PLANS:  # as many names as plans: rather a bug than tasks
+            interned.clear()
+        self._remember(task_id, interned.setdefault(name, name))
         return name
 
     def _recall(self, task_id: str) -> str | None:
-        name = self._names.get(task_id)
+        """The name of a task not learnt or recalled lately, moved on to the current names."""
+        name = self._older.pop(task_id, None)
         if name is not None:
-            self._names.move_to_end(task_id)
+            self._remember(task_id, name)
         return name
+
+    def _remember(self, task_id: str, name: str) -> None:
+        names = self._names
+        names[task_id] = name
+        if len(names) >= self._half:  # the current names become the older ones
+            self._older, self._names = names, {}
 
     def _plan(self, event_type: str, task_name: str | None) -> _Plan:
         """A new plan, kept for the next events of its type and task name."""
@@ -203,7 +227,7 @@ class Shaper:
         if task_name is not None:
             name_header = (("task_name", task_name.encode("utf-8", "backslashreplace")),)
         route: tuple[str, str] | None = None
-        fields: list[tuple[_Counted, FieldAction]] = []
+        fields: list[tuple[_Counted, str, _Change]] = []
         for rule in self._rules.rules:
             if not rule.matches(event_type, task_name):
                 continue
@@ -211,7 +235,10 @@ class Shaper:
                 return _Plan(Verdict(drop=True, applied=((rule.name, "drop"),)), name_header)
             if rule.route and route is None:
                 route = (rule.name, rule.route)
-            fields += [((rule.name, _FIELD_LABELS[a.action]), a) for a in rule.fields]
+            fields += [
+                ((rule.name, _FIELD_LABELS[a.action]), a.field, self._change(a))
+                for a in rule.fields
+            ]
         if route is None:
             verdict = Verdict(headers=name_header)
         else:
