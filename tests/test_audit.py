@@ -8,10 +8,12 @@ from typing import Any
 from celery import Celery
 from celery.events.receiver import EventReceiver
 from celery.events.state import State
+from kombu.utils.functional import LRUCache
 
 from celery_kafka_bridge.reader.audit import (
     EventFilter,
     StateBuilder,
+    _PendingChildren,
     build_timeline,
     format_event,
     format_summary,
@@ -243,3 +245,20 @@ def task_fields(task: Any) -> dict[str, Any]:
     fields = {name: getattr(task, name) for name in task._fields if name not in skip}
     worker = task.worker.hostname if task.worker else None
     return {**fields, "worker": worker, "children": sorted(c.uuid for c in task.children)}
+
+
+def test_pending_children_keep_and_drop_what_kombus_lru_cache_does() -> None:
+    ours, kombus = _PendingChildren(3), LRUCache(3)
+    steps = [("set", "a"), ("set", "b"), ("get", "a"), ("set", "c"), ("set", "d"), ("pop", "c")]
+    steps += [("pop", "x"), ("set", "e"), ("get", "a"), ("set", "f"), ("get", "b")]
+    for op, key in steps:
+        results = []
+        for cache in (ours, kombus):
+            try:
+                if op == "set":
+                    cache[key] = key.upper()
+                results.append(cache[key] if op == "get" else cache.pop(key) if op == "pop" else 0)
+            except KeyError:
+                results.append("KeyError")
+        assert results[0] == results[1], (op, key)
+        assert list(ours) == list(kombus), (op, key)

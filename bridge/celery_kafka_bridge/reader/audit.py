@@ -106,12 +106,10 @@ class _NoTaskHeap(list[Any]):
 
 
 class _LRUCache(LRUCache):
-    """kombu's LRUCache with the same results, order and KeyErrors, reading the dict directly.
+    """kombu's LRUCache with the same results and order, reading its dict directly.
 
-    LRUCache's ``__getitem__`` pops the key and sets it again through its ``__setitem__``, and
-    its ``pop`` (MutableMapping's) goes through that ``__getitem__``. The materializer looks up
-    the task of every task event, and State pops every task event's uuid from the children
-    waiting for a parent, where it is nearly always missing.
+    LRUCache's ``__getitem__`` pops the key and sets it again through its ``__setitem__``; the
+    materializer looks up the task of every task event.
     """
 
     data: OrderedDict[Any, Any]
@@ -121,9 +119,25 @@ class _LRUCache(LRUCache):
             self.data.move_to_end(key)
             return self.data[key]
 
-    def pop(self, key: Any, *default: Any) -> Any:
-        with self.mutex:
-            return self.data.pop(key, *default)
+
+class _PendingChildren(dict[Any, Any]):
+    """State's children waiting for their parent, as kombu's LRUCache keeps them (the least
+    recently used dropped at ``limit``), with dict's own ``pop``: State pops every task event's
+    uuid from it, which is nearly always missing, and catches the KeyError."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.pop(key)  # and set again: the most recently used
+        super().__setitem__(key, value)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if len(self) >= self.limit:
+            del self[next(iter(self))]
+        super().__setitem__(key, value)
 
 
 class StateBuilder:
@@ -138,7 +152,7 @@ class StateBuilder:
     def __init__(self, max_tasks: int = 100_000) -> None:
         tasks = _LRUCache(max_tasks)  # type: ignore[no-untyped-call]
         self.state = State(max_tasks_in_memory=max_tasks, tasks=tasks, taskheap=_NoTaskHeap())
-        self.state._tasks_to_resolve = _LRUCache(max_tasks)  # type: ignore[no-untyped-call]
+        self.state._tasks_to_resolve = _PendingChildren(max_tasks)
         self._receiver = EventReceiver(None, app=Celery(set_as_current=False))
 
     def feed(self, event: EventFields, received_at: float | None = None) -> None:
