@@ -167,11 +167,12 @@ def bare_kombu(setup: Setup) -> Drain:
     return Drain("b", label, counted, len(setup.messages), seconds)
 
 
-def bridge(setup: Setup, count: int, rules: Path | None = None) -> Drain:
+def bridge(setup: Setup, count: int, rules: Path | None = None, run: int = 1) -> Drain:
     """(c)/(d) The bridge as real processes, at-least-once into Kafka, until all is confirmed;
-    (e) one replica shaping the events with ``rules`` (which drop heartbeats)."""
+    (e) one replica shaping the events with ``rules`` (which drop heartbeats). ``run``: which
+    drain of that letter (each after the first has its own queue and topic)."""
     letter = "e" if rules else "c" if count == 1 else "d"
-    name = f"{setup.prefix}-{letter}"
+    name = f"{setup.prefix}-{letter}" + (str(run) if run > 1 else "")
     # One replica: the default (ordered) topology; several: competing, the one that shares work.
     config = bridge_config(setup, name, "ordered" if count == 1 else "competing", rules)
     expected = setup.events - (event_count(setup.messages, HEARTBEAT) if rules else 0)

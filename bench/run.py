@@ -48,9 +48,12 @@ def kafka_at(bootstrap: str | None, workdir: Path) -> Iterator[str]:
         yield broker.bootstrap_servers
 
 
-def clean_up(amqp_url: str, prefix: str, rates: int) -> None:
-    """Delete the run's queues and exchanges (one of each per consumer and per rate)."""
-    names = [f"{prefix}-{n}" for n in ("a", "b", "c", "d", "e", *(f"l{i}" for i in range(rates)))]
+def clean_up(amqp_url: str, prefix: str, rates: int, pairs: int) -> None:
+    """Delete the run's queues and exchanges (one of each per consumer, per rate and per extra
+    shaping pair)."""
+    extra = [f"{letter}{i}" for i in range(2, pairs + 1) for letter in "ce"]
+    rates_ = [f"l{i}" for i in range(rates)]
+    names = [f"{prefix}-{n}" for n in ("a", "b", "c", "d", "e", *extra, *rates_)]
     rabbit = Rabbit(amqp_url)
     try:
         for name in names:
@@ -78,6 +81,22 @@ def throughput(setup: Setup, which: str) -> list[Drain]:
         click.echo(f"  ({result.name}) {result.label}: {result.events_per_second:,.0f} events/s")
         results.append(result)
     return results
+
+
+def shaping_pairs(setup: Setup, drained: list[Drain], pairs: int) -> list[list[float | None]]:
+    """Bridge CPU per event of (c) and (e) in ``pairs`` alternating pairs: the drains' own,
+    then ``pairs - 1`` more of each, so the shaping target does not rest on one pair."""
+    first = {d.name: d.cpu_us_per_event for d in drained}
+    measured = [[first["c"], first["e"]]]
+    for run in range(2, pairs + 1):
+        plain = drains.bridge(setup, count=1, run=run)
+        shaped = drains.bridge(setup, count=1, rules=drains.RULES, run=run)
+        measured.append([plain.cpu_us_per_event, shaped.cpu_us_per_event])
+        click.echo(
+            f"  shaping pair {run}: (c) {plain.cpu_us_per_event:.1f}, (e) "
+            f"{shaped.cpu_us_per_event:.1f} us of bridge CPU per event"
+        )
+    return measured
 
 
 @click.command()
@@ -120,6 +139,16 @@ def throughput(setup: Setup, which: str) -> list[Drain]:
     show_default=True,
     help="Publish-then-close trials of each publisher and setting; 0: none "
     "[env: BENCH_PUBLISH_TRIALS].",
+)
+@click.option(
+    "--shaping-pairs",
+    "pairs",
+    type=click.IntRange(min=1),
+    default=3,
+    envvar="BENCH_SHAPING_PAIRS",
+    show_default=True,
+    help="Alternating (c, e) pairs whose median e/c per CPU second is the shaping target "
+    "(with drains c and e) [env: BENCH_SHAPING_PAIRS].",
 )
 @click.option(
     "--quick",
@@ -173,6 +202,7 @@ def main(
     rate_seconds: float,
     ordering_tasks: int,
     publish_trials: int,
+    pairs: int,
     quick: bool,
     out: Path,
     amqp_url: str,
@@ -186,7 +216,7 @@ def main(
     if quick:
         events, rates, rate_seconds = min(events, QUICK_EVENTS), QUICK_RATES, QUICK_SECONDS
         ordering_tasks = min(ordering_tasks, QUICK_TASKS)
-        publish_trials = min(publish_trials, 1)
+        publish_trials, pairs = min(publish_trials, 1), 1
     rate_list = [float(r) for r in rates.split(",") if r.strip()]
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     workdir = out / "logs"
@@ -206,6 +236,8 @@ def main(
         try:
             click.echo(f"draining {setup.events:,} events ({len(messages):,} messages)")
             drained = throughput(setup, which)
+            if "c" in which and "e" in which:
+                meta["shaping_cpu_us_per_event"] = shaping_pairs(setup, drained, pairs)
             if "e" in which:
                 cost = decoding_cost(messages, drains.RULES, drains.BENCH_HASH_KEY)
                 meta["decoding_us_per_event"] = asdict(cost)
@@ -226,7 +258,7 @@ def main(
                 else []
             )
         finally:
-            clean_up(amqp_url, prefix, len(rate_list))
+            clean_up(amqp_url, prefix, len(rate_list), pairs)
     meta |= {
         "started": started,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "

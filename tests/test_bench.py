@@ -29,6 +29,8 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
         "20",
         "--publish-trials",
         "1",
+        "--shaping-pairs",
+        "2",
         "--out",
         str(tmp_path),
         "--amqp-url",
@@ -50,6 +52,11 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     assert 0 < drains["e"]["kafka_records"] < report["meta"]["events"], "heartbeats dropped"
     assert set(report["ratios"]) == {"c/a", "c/b", "d/c", "e/c", "e/c (CPU)", "m/c", "s/r", "t/s"}
     assert drains["e"]["cpu_us_per_event"] > 0
+    pairs = report["meta"]["shaping_cpu_us_per_event"]
+    assert len(pairs) == 2 and all(plain > 0 and shaped > 0 for plain, shaped in pairs)
+    assert pairs[0] == [drains["c"]["cpu_us_per_event"], drains["e"]["cpu_us_per_event"]]
+    median = sum(plain / shaped for plain, shaped in pairs) / 2  # of two: their mean
+    assert report["ratios"]["e/c (CPU)"] == pytest.approx(median, abs=0.002)
     assert drains["m"]["peak_rss_mb"] > 0, "materialize applied every event of (c)'s topic"
     assert report["meta"]["claim_us_per_message"] > 0
     decoding = report["meta"]["decoding_us_per_event"]
@@ -85,6 +92,7 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
 
     markdown = (tmp_path / "results.md").read_text()
     assert "| (c) bridge x1" in markdown and "Ratios: c/a = " in markdown
+    assert "Shaping, alternating (c, e) pairs: e/c per CPU second " in markdown
     assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
 
 
