@@ -187,11 +187,15 @@ class Report:
             )
         ratios = ", ".join(f"{k} = {v}" for k, v in self.ratios().items() if v is not None)
         lines += ["", f"Ratios: {ratios}.", ""]
-        if len(self.shaping_ratios()) > 1:
-            each = ", ".join(str(r) for r in self.shaping_ratios())
+        pairs = meta.get("shaping_cpu_us_per_event", [])
+        if len(pairs) > 1:
+            each = ", ".join(
+                f"{plain:.1f} / {shaped:.1f} ({ratio})"
+                for (plain, shaped), ratio in zip(pairs, self.shaping_ratios(), strict=True)
+            )
             lines += [
-                f"Shaping, alternating (c, e) pairs: e/c per CPU second {each}; the target "
-                "takes their median.",
+                "Shaping, alternating (c, e) pairs, bridge CPU us per event (c) / (e) and e/c "
+                f"per CPU second: {each}; the target takes the median e/c.",
                 "",
             ]
         if "decoding_us_per_event" in meta:

@@ -92,7 +92,7 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
 
     markdown = (tmp_path / "results.md").read_text()
     assert "| (c) bridge x1" in markdown and "Ratios: c/a = " in markdown
-    assert "Shaping, alternating (c, e) pairs: e/c per CPU second " in markdown
+    assert "Shaping, alternating (c, e) pairs, bridge CPU us per event" in markdown
     assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
 
 
