@@ -67,6 +67,7 @@ def materialize(**flags: Any) -> None:
     config = load_config(flags)
     setup_logging(config.log_level, config.log_format)
     heap.freeze_startup_heap()  # before the tables are loaded: dropped tasks must be collected
+    heap.collect_long_lived_less_often()
     try:
         asyncio.run(run_materialize(config))
     except Exception as exc:

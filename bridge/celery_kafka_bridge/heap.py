@@ -15,3 +15,20 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+FULL_COLLECTION_EVERY = 100
+"""Young-generation-1 collections between two full ones considered (Python's default: 10)."""
+
+
+def collect_long_lived_less_often() -> None:
+    """Consider a full collection every `FULL_COLLECTION_EVERY` collections of generation 1.
+
+    For a process whose long-lived heap grows by design (materialize's State: about 25
+    collector-tracked objects per task held): at Python's default, a full collection runs each
+    time that heap grows by a quarter, re-scanning all of it to find next to nothing (13 full
+    collections, 2.5 s of 12 s of CPU over 200,000 events from empty tables). Garbage cycles
+    (a dropped Celery `Task` is one) are still collected, after up to 700,000 allocations.
+    """
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
