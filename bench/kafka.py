@@ -69,7 +69,8 @@ async def read(
     ``on_record`` it only counts, in few large fetches, to take little CPU from what it watches;
     with it, ``on_record(create_time_ms, value, received_s)`` sees each record as soon as it can.
     """
-    consumer = await assigned_consumer(bootstrap, topic, 10 if on_record else 100)
+    wait_ms = 10 if on_record else 100
+    consumer = await assigned_consumer(bootstrap, topic, wait_ms)
     seen = 0
     reached_at = 0.0
     positions: dict[TopicPartition, int] = {}
@@ -95,7 +96,7 @@ async def read(
                 # Tansu has left a reader with nothing to fetch although the topic held more:
                 # a fresh consumer goes on from the positions reached.
                 await consumer.stop()
-                consumer = await assigned_consumer(bootstrap, topic, 10)
+                consumer = await assigned_consumer(bootstrap, topic, wait_ms)
                 for partition, offset in positions.items():
                     consumer.seek(partition, offset)
                 last = time.monotonic()

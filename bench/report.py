@@ -101,22 +101,15 @@ class Report:
             for pair in pairs
             if (value := ratio(*pair.split("/"))) is not None or pair[0] in "cdem"
         }
-        return ratios | {"e/c (CPU)": self._cpu_ratio("e", "c")}
+        shaping = [ratio for _, _, ratio in self._shaping_pairs()]
+        return ratios | {"e/c (CPU)": round(statistics.median(shaping), 3) if shaping else None}
 
-    def _cpu_ratio(self, top: str, bottom: str) -> float | None:
-        """Events per CPU second of ``top`` over ``bottom``: the events/s ratio of a bridge
-        that had its core to itself. For e/c, the median over the alternating pairs."""
-        if (top, bottom) == ("e", "c") and self.shaping_ratios():
-            return round(statistics.median(self.shaping_ratios()), 3)
-        cpu = {d.name: d.cpu_us_per_event for d in self.drains if d.cpu_us_per_event}
-        if top in cpu and bottom in cpu:
-            return round(cpu[bottom] / cpu[top], 3)
-        return None
-
-    def shaping_ratios(self) -> list[float]:
-        """e/c per CPU second of each alternating (c, e) pair."""
+    def _shaping_pairs(self) -> list[tuple[float, float, float]]:
+        """Bridge CPU per event of (c) and (e) in each alternating pair, the first being the
+        drains' own, and e/c per CPU second: the events/s ratio of a bridge that had its core
+        to itself."""
         pairs = self.meta.get("shaping_cpu_us_per_event", [])
-        return [round(plain / shaped, 3) for plain, shaped in pairs if plain and shaped]
+        return [(c, e, round(c / e, 3)) for c, e in pairs if c and e]
 
     def targets(self) -> dict[str, dict[str, Any]]:
         ratios = self.ratios()
@@ -187,12 +180,9 @@ class Report:
             )
         ratios = ", ".join(f"{k} = {v}" for k, v in self.ratios().items() if v is not None)
         lines += ["", f"Ratios: {ratios}.", ""]
-        pairs = meta.get("shaping_cpu_us_per_event", [])
+        pairs = self._shaping_pairs()
         if len(pairs) > 1:
-            each = ", ".join(
-                f"{plain:.1f} / {shaped:.1f} ({ratio})"
-                for (plain, shaped), ratio in zip(pairs, self.shaping_ratios(), strict=True)
-            )
+            each = ", ".join(f"{c:.1f} / {e:.1f} ({ratio})" for c, e, ratio in pairs)
             lines += [
                 "Shaping, alternating (c, e) pairs, bridge CPU us per event (c) / (e) and e/c "
                 f"per CPU second: {each}; the target takes the median e/c.",

@@ -113,8 +113,9 @@ class Shaper:
         uuid = event.get("uuid")
         name = None
         if isinstance(uuid, str):
-            if event_type in _NAMING:
-                name = self._learn(uuid, event.get("name"))
+            name = event.get("name") if event_type in _NAMING else None
+            if isinstance(name, str):
+                self._learn(uuid, name)
             else:  # the common case, inline: most task events are not the first of their task
                 name = self._names.get(uuid)
                 if name is None:
@@ -188,15 +189,11 @@ class Shaper:
         mac.update(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
         return mac.hexdigest()
 
-    def _learn(self, task_id: str, name: Any) -> str | None:
-        if not isinstance(name, str):
-            known = self._names.get(task_id)
-            return self._recall(task_id) if known is None else known
+    def _learn(self, task_id: str, name: str) -> None:
         interned = self._interned
         if len(interned) >= _MAX_PLANS:  # as many names as plans: rather a bug than tasks
             interned.clear()
         self._remember(task_id, interned.setdefault(name, name))
-        return name
 
     def _recall(self, task_id: str) -> str | None:
         """The name of a task not learnt or recalled lately, moved on to the current names."""
