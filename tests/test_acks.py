@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_kafka_bridge.acks import AckTracker
+from celery_kafka_bridge.acks import AckTracker, SessionTags
 
 
 def tracker_with(tags: list[int]) -> AckTracker:
@@ -63,3 +65,49 @@ def test_every_delivery_is_acked_exactly_once_and_only_after_completion(
         assert set(range(1, tracker.acked_through + 1)) <= set(covered)
     assert sorted(covered) == tags
     assert tracker.acked_through == (lost - 1 if lost else 29)
+
+
+class RecordingChannel:
+    """Stands in for a py-amqp channel: the delivery tags its acks cover."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.acked: list[int] = []
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        covered = [t for t in range(1, tag + 1) if t not in self.acked] if multiple else [tag]
+        assert tag not in self.acked and covered, "an ack covering nothing new"
+        self.acked.extend(covered)
+
+
+@given(
+    arrivals=st.lists(st.integers(0, 2), min_size=1, max_size=40),
+    order=st.randoms(use_true_random=False),
+)
+def test_session_tags_ack_each_channel_delivery_once_and_only_once_kafka_has_it(
+    arrivals: list[int], order: Any
+) -> None:
+    """Deliveries of three channels interleave; Kafka completes them in any order. Every ack
+    reaches the delivery's own channel and tag, covers only completed deliveries, and in the
+    end every delivery is acked exactly once."""
+    channels = [RecordingChannel() for _ in range(3)]
+    tags, tracker = SessionTags(), AckTracker()
+    origin: dict[int, tuple[RecordingChannel, int]] = {}
+    for index in arrivals:
+        channel = channels[index]
+        channel.delivered += 1
+        tag = tags.add(channel, channel.delivered)
+        origin[tag] = (channel, channel.delivered)
+        tracker.add(tag)
+    completion = list(origin)
+    order.shuffle(completion)
+    completed: set[tuple[int, int]] = set()
+    for tag in completion:
+        tracker.complete(tag)
+        channel, channel_tag = origin[tag]
+        completed.add((id(channel), channel_tag))
+        tags.ack(tracker.take_acks()[0])
+        for each in channels:
+            assert {(id(each), t) for t in each.acked} <= completed
+    for channel in channels:
+        assert sorted(channel.acked) == list(range(1, channel.delivered + 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 AckOp = tuple[int, bool]
 """``(delivery_tag, multiple)`` as passed to ``basic_ack``."""
@@ -56,3 +57,43 @@ class AckTracker:
             ops.insert(0, (run_end, True))
             self.acked_through = run_end
         return ops, count
+
+
+class SessionTags:
+    """A session's deliveries over all its channels, numbered 1, 2, ... in arrival order: the
+    tags the pipeline sees. Acks of those are applied as each channel's own delivery tags."""
+
+    def __init__(self) -> None:
+        self._unacked: deque[tuple[Any, int] | None] = deque()
+        """(channel, its delivery tag) of every tag from ``_first`` on; None once acked alone."""
+        self._first = 1
+        self._last = 0
+
+    def add(self, channel: Any, channel_tag: int) -> int:
+        """A delivery arrived on ``channel``; its session tag."""
+        self._unacked.append((channel, channel_tag))
+        self._last += 1
+        return self._last
+
+    def ack(self, ops: list[AckOp]) -> None:
+        """Apply `AckTracker` ops: a multiple-ack becomes one multiple-ack per channel."""
+        unacked = self._unacked
+        for tag, multiple in ops:
+            if multiple:
+                last: dict[Any, int] = {}
+                for _ in range(tag - self._first + 1):
+                    delivered = unacked.popleft()
+                    if delivered is not None:
+                        last[delivered[0]] = delivered[1]
+                self._first = tag + 1
+                for channel, channel_tag in last.items():
+                    channel.basic_ack(channel_tag, multiple=True)
+                continue
+            index = tag - self._first
+            delivered = unacked[index]
+            assert delivered is not None, f"delivery {tag} acked twice"
+            delivered[0].basic_ack(delivered[1])
+            unacked[index] = None
+            while unacked and unacked[0] is None:
+                unacked.popleft()
+                self._first += 1

@@ -8,8 +8,9 @@ of the AMQP thread's time when it serves every delivery (bench/PROFILE.md). This
 basic.deliver, its content header and body frames itself and calls the consumer's callback with
 a `Delivered` carrying the attributes consumers read (``body``, ``delivery_info``,
 ``properties`` with the content type and encoding only). Every other frame, and a delivery
-py-amqp would treat specially (a closing channel, a channel that decodes bodies, a one-shot wait
-for a delivery), goes through py-amqp's own handler.
+py-amqp would treat specially (a channel that decodes bodies, a one-shot wait
+for a delivery), goes through py-amqp's own handler. A delivery to a closing channel is dropped
+without a word (py-amqp would log each one).
 """
 
 from __future__ import annotations
@@ -96,12 +97,7 @@ def _deliver_message(connection: Any, channel_id: int, buf: bytes) -> Delivered 
     """The message a basic.deliver frame starts, or None where py-amqp must handle it."""
     channels = connection.channels
     channel = channels.get(channel_id) if channels is not None else None
-    if (
-        channel is None
-        or channel.is_closing
-        or channel.auto_decode
-        or spec.Basic.Deliver in channel._pending
-    ):
+    if channel is None or channel.auto_decode or spec.Basic.Deliver in channel._pending:
         return None
     offset = 4
     consumer_tag, offset = _shortstr(buf, offset)
@@ -138,6 +134,8 @@ def _shortstr(buf: bytes, offset: int) -> tuple[str, int]:
 def _dispatch(message: Delivered) -> None:
     """Hand the message to its consumer, as py-amqp's ``Channel._on_basic_deliver`` does."""
     channel, info = message.channel, message.delivery_info
+    if channel.is_closing:
+        return  # RabbitMQ takes it back with the channel (`amqp.queues.ConsumerChannel`)
     consumer = channel.callbacks.get(info["consumer_tag"])
     if consumer is None:
         log.warning(

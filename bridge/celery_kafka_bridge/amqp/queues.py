@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from amqp.exceptions import NotFound, ResourceLocked
@@ -102,6 +103,30 @@ class QueueDepth:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             close_quietly(conn)
+
+
+class ConsumerChannel:
+    """A channel holding one consumer, closed to stop it.
+
+    Closing, unlike ``basic.cancel``, is what RabbitMQ handles as the consumer gone: in one step
+    it takes back every message it had sent the channel and not had acked, those still on their
+    way included, and puts them at the head of the queue, ahead of anything the next consumer
+    (under single-active-consumer, the next active one) gets. A cancelled quorum-queue consumer
+    keeps them until its channel sends them back, after the next consumer started with later
+    messages. Deliveries that reach a closing channel are dropped (`amqp.frames`): RabbitMQ
+    sends them again.
+    """
+
+    def __init__(
+        self, conn: Any, prefetch: int, queue: str, callback: Callable[[Any], None]
+    ) -> None:
+        self.channel = conn.channel()
+        self.channel.auto_decode = False  # keep bodies as the exact bytes the worker sent
+        self.channel.basic_qos(0, prefetch, False)
+        self.tag: str = self.channel.basic_consume(queue, no_ack=False, callback=callback)
+
+    def close(self) -> None:
+        self.channel.close()
 
 
 def close_quietly(conn: Any) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from amqp.exceptions import InvalidCommand
 
 from celery_kafka_bridge.amqp.queues import (
+    ConsumerChannel,
     event_exchange,
     held_elsewhere,
     queue_arguments,
@@ -78,16 +79,15 @@ class ShardBalancer:
 
     Under single-active-consumer RabbitMQ (3.10) makes the longest-waiting consumer active and
     tells nobody. A replica learns it is active on a shard from the first delivery there, and
-    stays so until it cancels. Every few seconds it counts the replicas R (consumers of the
+    stays so until it lets go. Every few seconds it counts the replicas R (consumers of the
     replicas queue) and works out its share: K // R, plus one for the first K % R replicas in
     slot order (each replica holds an exclusive slot queue, the lowest free one, which RabbitMQ
     drops with its connection), so the shares add up to K and differ by at most one. Active on
-    more than its share, it cancels and consumes the extra shards again: that moves it to the
-    back of their lines, and the next replica takes them; a shard so passes along until a
-    replica below its share keeps it. It does so only while nothing it took is unacked, so the
-    next replica cannot write a shard's later events to Kafka before this one's in-flight
-    earlier ones; deliveries already on the wire when it cancels still can be, and it logs
-    how many there were.
+    more than its share, it closes the extra shards' channels and consumes them again: that
+    moves it to the back of their lines, and the next replica takes them; a shard so passes
+    along until a replica below its share keeps it. It does so only while nothing it took is
+    unacked, and closes rather than cancels (`ConsumerChannel`), so what RabbitMQ had sent it
+    meanwhile goes to the next replica first: a shard's events stay in order across the move.
     """
 
     def __init__(
@@ -97,9 +97,9 @@ class ShardBalancer:
         self._channel = channel
         self._config = config
         self._on_message = on_message
-        self._shard_of: dict[str, str] = {}  # consumer tag -> shard queue
+        self._consumers: dict[str, tuple[str, ConsumerChannel]] = {}
+        """Consumer tag -> (shard queue, its channel)."""
         self._active: set[str] = set()  # consumer tags that have had a delivery
-        self._on_wire: dict[str, int] = {}  # tags being cancelled -> deliveries meanwhile
         self._presence = ""
         self._slot = 0
         self._next_check = 0.0
@@ -118,8 +118,7 @@ class ShardBalancer:
         )
 
     def check(self) -> None:
-        """Give up the shards beyond this replica's share (at most every few seconds); called
-        at moments when every delivery so far is acked."""
+        """Give up the shards beyond this replica's share (at most every few seconds)."""
         now = time.monotonic()
         if now < self._next_check:
             return
@@ -128,13 +127,11 @@ class ShardBalancer:
         shards = len(self._config.shard_queues)
         ahead = sum(held_elsewhere(self._conn, self._slot_queue(i)) for i in range(self._slot))
         share = shards // replicas + (ahead < shards % replicas)
-        active = sorted(self._active, key=self._shard_of.__getitem__)
+        active = sorted(self._active, key=lambda tag: self._consumers[tag][0])
         for tag in active[share:]:
-            queue = self._shard_of.pop(tag)
+            queue, consumer = self._consumers.pop(tag)
             self._active.discard(tag)
-            self._on_wire[tag] = 0
-            self._channel.basic_cancel(tag)  # deliveries until its cancel-ok still arrive
-            on_wire = self._on_wire.pop(tag)
+            consumer.close()
             self._consume(queue)
             log.info(
                 "shard %s handed on: active on %d shards, share %d of %d replicas",
@@ -143,30 +140,20 @@ class ShardBalancer:
                 share,
                 replicas,
             )
-            if on_wire:
-                log.warning(
-                    "shard %s: %d deliveries were on the wire when it was handed on; the next "
-                    "replica may write later events of their workers before them",
-                    queue,
-                    on_wire,
-                )
 
     def stop(self) -> None:
-        for tag in [*self._shard_of, self._presence]:
-            self._channel.basic_cancel(tag)
-        self._shard_of.clear()
+        for _, consumer in self._consumers.values():
+            consumer.close()
+        self._channel.basic_cancel(self._presence)
+        self._consumers.clear()
         self._active.clear()
 
     def _consume(self, queue: str) -> None:
-        tag = self._channel.basic_consume(queue, no_ack=False, callback=self._deliver)
-        self._shard_of[tag] = queue
+        consumer = ConsumerChannel(self._conn, self._config.prefetch, queue, self._deliver)
+        self._consumers[consumer.tag] = (queue, consumer)
 
     def _deliver(self, message: Any) -> None:
-        tag = message.delivery_info.get("consumer_tag")
-        if tag in self._shard_of:
-            self._active.add(tag)
-        elif tag in self._on_wire:
-            self._on_wire[tag] += 1
+        self._active.add(message.delivery_info["consumer_tag"])
         self._on_message(message)
 
     def _slot_queue(self, index: int) -> str:

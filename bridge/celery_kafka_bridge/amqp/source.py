@@ -2,6 +2,9 @@
 
 kombu/py-amqp are blocking and not thread-safe, so every channel operation happens on this
 thread. Deliveries leave it in batches; acks come back to it in batches through a deque.
+
+Consumers sit on several channels (`amqp.topology`), each with its own delivery tags; the
+pipeline sees the session's (`acks.SessionTags`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 from amqp.exceptions import PreconditionFailed
 from kombu.connection import Connection
 
+from celery_kafka_bridge.acks import SessionTags
 from celery_kafka_bridge.amqp.frames import fast_frame_handler
 from celery_kafka_bridge.amqp.queues import close_quietly
 from celery_kafka_bridge.amqp.reads import BufferedTransport
@@ -50,6 +54,7 @@ class AmqpSource(SourceThread):
         self._topology = topology
         self._last_delivered = 0
         self._acked_through = 0  # every delivery up to this tag is acked (the ack tracker's)
+        self._tags = SessionTags()
         super().__init__(config.amqp_url)
 
     def _connect(self) -> Any:
@@ -87,6 +92,7 @@ class AmqpSource(SourceThread):
         self._acks.clear()
         self._acked_through = 0
         self._last_delivered = 0
+        self._tags = SessionTags()
         self._listener.on_attached(self._generation)
         consumers = consumers_for(self._config, conn, channel, self._on_message)
         retirer = QueueRetirer(
@@ -103,20 +109,23 @@ class AmqpSource(SourceThread):
         amqp_connection = conn.connection  # py-amqp's own: kombu adds three calls per drain
         while True:
             wanted = not (self._stop_consuming.is_set() or self._held.is_set())
+            settled = self._acked_through >= self._last_delivered
             if wanted and not started:
                 consumers.start(queues)
                 retirer.start()
                 url = mask_credentials(self._config.amqp_url)
                 log.info("amqp consuming %s at %s", ", ".join(queues), url)
                 consuming = started = True
-            elif consuming and not wanted:
+            elif consuming and not wanted and settled:
+                # Only with nothing unacked: what RabbitMQ sent meanwhile goes back to the head
+                # of the queue, ahead of anything the next consumer gets.
                 consumers.stop()
                 retirer.stop()
                 consuming = False
-                log.info("amqp stopped consuming; applying the last acks")
-            elif wanted and not consuming and self._acked_through >= self._last_delivered:
+                log.info("amqp stopped consuming")
+            elif wanted and not consuming and settled:
                 return  # held, then released: a fresh session consumes again
-            self._apply_acks(channel)
+            self._apply_acks()
             if self._closed.is_set():
                 return
             if consuming and self._acked_through >= self._last_delivered:
@@ -150,14 +159,13 @@ class AmqpSource(SourceThread):
             info.get("routing_key", ""),
             time.time_ns() // 1_000_000,
         )
-        self._last_delivered = info["delivery_tag"]
+        self._last_delivered = self._tags.add(message.channel, info["delivery_tag"])
         self._received += 1
         self._batch.append(
             Delivery(self._generation, self._last_delivered, envelope, info["redelivered"])
         )
 
-    def _apply_acks(self, channel: Any) -> None:
+    def _apply_acks(self) -> None:
         for ops, acked_through in self._take_acks():
-            for tag, multiple in ops:
-                channel.basic_ack(tag, multiple=multiple)
+            self._tags.ack(ops)
             self._acked_through = acked_through

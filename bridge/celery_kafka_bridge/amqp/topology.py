@@ -11,7 +11,7 @@ from typing import Any, Protocol, get_args
 
 from kombu.entity import Queue
 
-from celery_kafka_bridge.amqp.queues import event_exchange, queue_arguments
+from celery_kafka_bridge.amqp.queues import ConsumerChannel, event_exchange, queue_arguments
 from celery_kafka_bridge.amqp.shards import ShardBalancer, ShardedTopology
 from celery_kafka_bridge.config import Config, TopologyName
 
@@ -23,37 +23,35 @@ class Topology(Protocol):
 
 
 class Consumers(Protocol):
-    """The consumers of a session on the declared queues; called on the source thread."""
+    """The consumers of a session on the declared queues; called on the source thread, and
+    `check` and `stop` only at moments when every delivery so far is acked."""
 
     def start(self, queues: list[str]) -> None: ...
-    def check(self) -> None:
-        """Called at each moment every delivery so far is acked."""
-        ...
-
+    def check(self) -> None: ...
     def stop(self) -> None: ...
 
 
 class PlainConsumers:
-    """One consumer per queue, kept for the whole session."""
+    """One consumer per queue, each on a channel of its own, kept for the whole session."""
 
-    def __init__(self, channel: Any, on_message: Callable[[Any], None]) -> None:
-        self._channel = channel
+    def __init__(self, conn: Any, config: Config, on_message: Callable[[Any], None]) -> None:
+        self._conn = conn
+        self._prefetch = config.prefetch
         self._on_message = on_message
-        self._tags: list[str] = []
+        self._consumers: list[ConsumerChannel] = []
 
     def start(self, queues: list[str]) -> None:
-        self._tags = [
-            self._channel.basic_consume(queue, no_ack=False, callback=self._on_message)
-            for queue in queues
+        self._consumers = [
+            ConsumerChannel(self._conn, self._prefetch, queue, self._on_message) for queue in queues
         ]
 
     def check(self) -> None:
         """Nothing to rebalance."""
 
     def stop(self) -> None:
-        for tag in self._tags:
-            self._channel.basic_cancel(tag)
-        self._tags = []
+        for consumer in self._consumers:
+            consumer.close()
+        self._consumers = []
 
 
 class SharedQueueTopology:
@@ -125,7 +123,7 @@ def topology_for(config: Config) -> Topology:
 def consumers_for(
     config: Config, conn: Any, channel: Any, on_message: Callable[[Any], None]
 ) -> Consumers:
-    """How a session consumes the topology's queues."""
+    """How a session consumes the topology's queues (``channel``: the session's own)."""
     if config.topology == "sharded":
         return ShardBalancer(conn, channel, config, on_message)
-    return PlainConsumers(channel, on_message)
+    return PlainConsumers(conn, config, on_message)
