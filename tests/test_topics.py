@@ -263,7 +263,7 @@ def test_a_topic_that_falls_short_while_consumed_stops_the_consumer_until_it_is_
     poll(lambda: rabbit.queue_state(names.queue) == (0, 1), 20, what="the first events taken")
     admin.alter(names.dlq_topic, {"retention.ms": "3600000"})
     poll(lambda: bridge.http("/readyz")[0] == 503, 20, what="unready")
-    poll(lambda: rabbit.queue_state(names.queue)[1] == 0, 20, what="the consumer cancelled")
+    poll(lambda: rabbit.queue_state(names.queue)[1] == 0, 20, what="the consumer gone")
     witnessed, _ = rabbit.queue_state(witness)
     publish_events(names.exchange, 50, hostname="held@test")
     held = rabbit.queue_state(witness)[0] - witnessed
