@@ -1,4 +1,5 @@
-"""How the bridge's queues and Celery's event exchange are declared, whatever the topology."""
+"""How the bridge's queues and Celery's event exchange are declared and consumed, whatever the
+topology."""
 
 from __future__ import annotations
 
