@@ -195,6 +195,12 @@ class Report:
                 f"without rules, {cost['with_rules_us']} us with bench/rules.yaml.",
                 "",
             ]
+        if "ack_us_per_message" in meta:
+            lines += [
+                f"Ack bookkeeping in process (best of 3): {meta['ack_us_per_message']} us per "
+                "message (the ack tracker and the session's tags over its channels).",
+                "",
+            ]
         if "claim_us_per_message" in meta:
             lines += [
                 f"Redis claims: {meta['claim_us_per_message']} us per message and replica "

@@ -14,10 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import click
 
 from bench import confirms, drains
+from bench.acking import ack_cost
 from bench.decoding import decoding_cost
 from bench.drains import Drain, Setup
 from bench.latency import run_rates
@@ -97,6 +99,19 @@ def shaping_pairs(setup: Setup, drained: list[Drain], pairs: int) -> list[list[f
             f"{shaped.cpu_us_per_event:.1f} us of bridge CPU per event"
         )
     return measured
+
+
+def in_process_costs(setup: Setup, which: str) -> dict[str, Any]:
+    """The codec's cost per event (with drain e) and the ack bookkeeping's per message (with
+    drain c), measured in this process."""
+    costs: dict[str, Any] = {}
+    if "e" in which:
+        cost = decoding_cost(setup.messages, drains.RULES, drains.BENCH_HASH_KEY)
+        costs["decoding_us_per_event"] = asdict(cost)
+    if "c" in which:
+        prefetch = drains.bridge_config(setup, f"{setup.prefix}-c").prefetch
+        costs["ack_us_per_message"] = ack_cost(len(setup.messages), prefetch)
+    return costs
 
 
 @click.command()
@@ -238,9 +253,7 @@ def main(
             drained = throughput(setup, which)
             if "c" in which and "e" in which:
                 meta["shaping_cpu_us_per_event"] = shaping_pairs(setup, drained, pairs)
-            if "e" in which:
-                cost = decoding_cost(messages, drains.RULES, drains.BENCH_HASH_KEY)
-                meta["decoding_us_per_event"] = asdict(cost)
+            meta.update(in_process_costs(setup, which))
             click.echo(f"latency at {', '.join(f'{r:,.0f}' for r in rate_list) or 'no'} events/s")
             latencies = run_rates(setup, rate_list, rate_seconds)
             click.echo(f"ordering: {ordering_tasks:,} tasks per topology, three replicas")

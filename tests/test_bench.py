@@ -59,6 +59,7 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
     assert report["ratios"]["e/c (CPU)"] == pytest.approx(median, abs=0.002)
     assert drains["m"]["peak_rss_mb"] > 0, "materialize applied every event of (c)'s topic"
     assert report["meta"]["claim_us_per_message"] > 0
+    assert report["meta"]["ack_us_per_message"] > 0
     decoding = report["meta"]["decoding_us_per_event"]
     assert decoding["without_rules_us"] > 0 and decoding["with_rules_us"] > 0
     (latency,) = report["latency"]
