@@ -143,11 +143,13 @@ class _Applier:
         self._last_event_at = 0.0
 
     async def run(self, stream: EventStream) -> None:
-        async for event in stream:
-            self._engine.apply(event)
-            self._metrics.events.inc()
+        apply, applied = self._engine.apply, self._metrics.events
+        async for batch in stream.batches():
+            for event in batch:
+                apply(event)
+            applied.inc(len(batch))
             self._last_applied = time.monotonic()
-            self._last_event_at = event.timestamp_ms / 1000
+            self._last_event_at = batch[-1].timestamp_ms / 1000
 
     @property
     def caught_up(self) -> bool:

@@ -27,11 +27,10 @@ def dumps(value: Any) -> bytes:
 
 
 def task_value(task: Any) -> dict[str, Any]:
-    """The record value of one of State's tasks."""
+    """The record value of one of `StateBuilder`'s tasks."""
     value = {name: getattr(task, name, None) for name in TASK_FIELDS}
     value["worker"] = task.worker.hostname if task.worker is not None else None
-    children = task.children  # a WeakSet: iterating one, even empty, costs a guard
-    value["children"] = sorted(child.uuid for child in children) if children else []
+    value["children"] = task.child_ids
     return value
 
 

@@ -9,11 +9,12 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, SupportsIndex
+from weakref import WeakSet
 
 import orjson
 from celery import Celery, states
 from celery.events.receiver import EventReceiver
-from celery.events.state import State
+from celery.events.state import State, Task
 from kombu.utils.functional import LRUCache
 
 from celery_kafka_bridge.reader.events import EventFields
@@ -89,6 +90,55 @@ def _short(value: Any) -> str:
     return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 1] + "…"
 
 
+class _Task(Task):  # type: ignore[misc]
+    """Celery's Task, with its set of children and its serializers made on first use.
+
+    Celery's ``Task.__init__`` builds both for every task: a ``WeakSet`` and a dict of three
+    bound methods, most of a new task's cost, though most tasks never have a child and
+    nothing here serializes them through ``as_dict`` in bulk.
+    """
+
+    def __init__(
+        self,
+        uuid: str | None = None,
+        cluster_state: State | None = None,
+        children: Iterable[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.uuid = uuid
+        self.cluster_state = cluster_state
+        if children:  # a restored task: its children that are known
+            tasks = cluster_state.tasks if cluster_state is not None else {}
+            self._children = WeakSet(tasks.get(c) for c in children if c in tasks)
+        if kwargs:
+            self.__dict__.update(kwargs)
+
+    @property
+    def children(self) -> WeakSet[Any]:
+        found: WeakSet[Any] | None = self.__dict__.get("_children")
+        if found is None:
+            found = self._children = WeakSet()
+        return found
+
+    @property
+    def child_ids(self) -> list[str]:
+        """The uuids of the children, sorted, without making an empty set."""
+        found = self.__dict__.get("_children")
+        return sorted(child.uuid for child in found) if found else []
+
+    @property
+    def _serializer_handlers(self) -> dict[str, Any]:
+        return {
+            "children": self._serializable_children,
+            "root": self._serializable_root,
+            "parent": self._serializable_parent,
+        }
+
+
+class _State(State):  # type: ignore[misc]
+    Task = _Task
+
+
 class _NoTaskHeap(list[Any]):
     """State's task heap, kept empty.
 
@@ -151,7 +201,7 @@ class StateBuilder:
 
     def __init__(self, max_tasks: int = 100_000) -> None:
         tasks = _LRUCache(max_tasks)  # type: ignore[no-untyped-call]
-        self.state = State(max_tasks_in_memory=max_tasks, tasks=tasks, taskheap=_NoTaskHeap())
+        self.state = _State(max_tasks_in_memory=max_tasks, tasks=tasks, taskheap=_NoTaskHeap())
         self.state._tasks_to_resolve = _PendingChildren(max_tasks)
         self._receiver = EventReceiver(None, app=Celery(set_as_current=False))
 

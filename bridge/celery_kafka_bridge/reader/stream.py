@@ -162,24 +162,31 @@ class EventStream:
 
     async def events(self) -> AsyncGenerator[Event, None]:
         """The events in scope, duplicates dropped, until the end (or forever with ``follow``)."""
+        async for batch in self.batches():
+            for event in batch:
+                yield event
+
+    async def batches(self) -> AsyncGenerator[list[Event], None]:
+        """`events`, a fetch at a time (never an empty list): one step of an async generator
+        per fetch rather than per event, for readers that apply every event."""
         consumer = self._started()
         while True:
-            batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_BATCH)
-            if not batches:
-                for event in self._order.flush() if self._order else ():
-                    self.stats.yielded += 1
-                    yield event
-                if not self.scan.follow and await self._finished():
-                    return
-                continue
-            self._position.last_record = time.monotonic()
-            for tp, records in batches.items():
-                for record in records:
-                    if tp in self._position.past_until:
-                        break
-                    for event in self._accept(tp, record):
-                        self.stats.yielded += 1
-                        yield event
+            fetched = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_BATCH)
+            batch: list[Event] = []
+            if not fetched:
+                batch = self._order.flush() if self._order else []
+            else:
+                self._position.last_record = time.monotonic()
+                for tp, records in fetched.items():
+                    for record in records:
+                        if tp in self._position.past_until:
+                            break
+                        batch += self._accept(tp, record)
+            if batch:
+                self.stats.yielded += len(batch)
+                yield batch
+            if not fetched and not self.scan.follow and await self._finished():
+                return
 
     def _accept(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> list[Event]:
         """The events this record lets out: none, itself, or held ones released by the order."""
