@@ -54,8 +54,8 @@ def clean_up(amqp_url: str, prefix: str, rates: int, pairs: int) -> None:
     """Delete the run's queues and exchanges (one of each per consumer, per rate and per extra
     shaping pair)."""
     extra = [f"{letter}{i}" for i in range(2, pairs + 1) for letter in "ce"]
-    rates_ = [f"l{i}" for i in range(rates)]
-    names = [f"{prefix}-{n}" for n in ("a", "b", "c", "d", "e", *extra, *rates_)]
+    latency = [f"l{i}" for i in range(rates)]
+    names = [f"{prefix}-{n}" for n in ("a", "b", "c", "d", "e", *extra, *latency)]
     rabbit = Rabbit(amqp_url)
     try:
         for name in names:

@@ -148,3 +148,24 @@ def test_a_channel_that_decodes_bodies_keeps_pyamqps_path(
         conn.close()
     assert isinstance(received[0], amqp.Message)
     assert received[0].body == "é"
+
+
+def test_deliveries_reaching_a_closing_channel_are_dropped_quietly_and_go_back(
+    rabbit: Rabbit, names: Names, queues: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deliveries still unread when the channel closes reach no consumer and log nothing (py-amqp
+    would warn once each); RabbitMQ puts them back in the queue with the channel."""
+    conn = amqp_connection(frame_handler=fast_frame_handler)
+    try:
+        for i in range(20):
+            rabbit.channel.basic_publish(amqp.Message(b"{}"), names.exchange, f"task.{i}")
+        poll(lambda: rabbit.queue_state(queues[0]) == (20, 0), timeout=10, what="all queued")
+        channel = conn.channel()
+        channel.auto_decode = False
+        channel.basic_consume(queues[0], callback=pytest.fail)
+        poll(lambda: rabbit.queue_state(queues[0])[0] == 0, timeout=10, what="all sent")
+        channel.close()  # reads the 20 deliveries, then close-ok
+    finally:
+        conn.close()
+    poll(lambda: rabbit.queue_state(queues[0]) == (20, 0), timeout=10, what="all back")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

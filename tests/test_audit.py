@@ -10,6 +10,7 @@ from celery.events.receiver import EventReceiver
 from celery.events.state import State
 from kombu.utils.functional import LRUCache
 
+from celery_kafka_bridge.materialize.tables import task_value
 from celery_kafka_bridge.reader.audit import (
     EventFilter,
     StateBuilder,
@@ -238,6 +239,20 @@ def test_the_state_builder_computes_what_a_plain_celery_state_does() -> None:
     assert list(plain.tasks_by_time()) and not list(ours.tasks_by_time())
     ours.tasks.pop("t9")
     assert "t9" not in ours.tasks and ours.tasks.pop("t9", None) is None
+
+
+def test_a_task_makes_its_children_set_only_once_it_has_a_child() -> None:
+    """StateBuilder's tasks make their children set and serializers on first use (most tasks
+    never have a child): a row reads no empty set, and ``as_dict`` still works as Celery's."""
+    builder = StateBuilder()
+    for event in mixed_events():
+        builder.feed(event, received_at=event["timestamp"])
+    childless, parent = builder.state.tasks["t0"], builder.state.tasks["t3"]
+    assert task_value(childless)["children"] == []
+    assert "_children" not in vars(childless)
+    assert task_value(parent)["children"] == ["t2", "t5"]
+    assert sorted(parent.as_dict()["children"]) == ["t2", "t5"]
+    assert childless.as_dict()["children"] == []
 
 
 def task_fields(task: Any) -> dict[str, Any]:

@@ -67,13 +67,14 @@ class SessionTags:
         self._unacked: deque[tuple[Any, int] | None] = deque()
         """(channel, its delivery tag) of every tag from ``_first`` on; None once acked alone."""
         self._first = 1
-        self._last = 0
+        self.last = 0
+        """The session tag of the last delivery (0: none yet)."""
 
     def add(self, channel: Any, channel_tag: int) -> int:
         """A delivery arrived on ``channel``; its session tag."""
         self._unacked.append((channel, channel_tag))
-        self._last += 1
-        return self._last
+        self.last += 1
+        return self.last
 
     def ack(self, ops: list[AckOp]) -> None:
         """Apply `AckTracker` ops: a multiple-ack becomes one multiple-ack per channel."""

@@ -121,6 +121,7 @@ class ConsumerChannel:
     def __init__(
         self, conn: Any, prefetch: int, queue: str, callback: Callable[[Any], None]
     ) -> None:
+        self.queue = queue
         self.channel = conn.channel()
         self.channel.auto_decode = False  # keep bodies as the exact bytes the worker sent
         self.channel.basic_qos(0, prefetch, False)

@@ -97,8 +97,7 @@ class ShardBalancer:
         self._channel = channel
         self._config = config
         self._on_message = on_message
-        self._consumers: dict[str, tuple[str, ConsumerChannel]] = {}
-        """Consumer tag -> (shard queue, its channel)."""
+        self._consumers: dict[str, ConsumerChannel] = {}  # by consumer tag
         self._active: set[str] = set()  # consumer tags that have had a delivery
         self._presence = ""
         self._slot = 0
@@ -127,22 +126,22 @@ class ShardBalancer:
         shards = len(self._config.shard_queues)
         ahead = sum(held_elsewhere(self._conn, self._slot_queue(i)) for i in range(self._slot))
         share = shards // replicas + (ahead < shards % replicas)
-        active = sorted(self._active, key=lambda tag: self._consumers[tag][0])
+        active = sorted(self._active, key=lambda tag: self._consumers[tag].queue)
         for tag in active[share:]:
-            queue, consumer = self._consumers.pop(tag)
+            consumer = self._consumers.pop(tag)
             self._active.discard(tag)
             consumer.close()
-            self._consume(queue)
+            self._consume(consumer.queue)
             log.info(
                 "shard %s handed on: active on %d shards, share %d of %d replicas",
-                queue,
+                consumer.queue,
                 len(active),
                 share,
                 replicas,
             )
 
     def stop(self) -> None:
-        for _, consumer in self._consumers.values():
+        for consumer in self._consumers.values():
             consumer.close()
         self._channel.basic_cancel(self._presence)
         self._consumers.clear()
@@ -150,7 +149,7 @@ class ShardBalancer:
 
     def _consume(self, queue: str) -> None:
         consumer = ConsumerChannel(self._conn, self._config.prefetch, queue, self._deliver)
-        self._consumers[consumer.tag] = (queue, consumer)
+        self._consumers[consumer.tag] = consumer
 
     def _deliver(self, message: Any) -> None:
         self._active.add(message.delivery_info["consumer_tag"])

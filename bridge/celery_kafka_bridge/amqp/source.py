@@ -52,7 +52,6 @@ class AmqpSource(SourceThread):
     def __init__(self, config: Config, topology: Topology) -> None:
         self._config = config
         self._topology = topology
-        self._last_delivered = 0
         self._acked_through = 0  # every delivery up to this tag is acked (the ack tracker's)
         self._tags = SessionTags()
         super().__init__(config.amqp_url)
@@ -91,7 +90,6 @@ class AmqpSource(SourceThread):
         self._generation += 1
         self._acks.clear()
         self._acked_through = 0
-        self._last_delivered = 0
         self._tags = SessionTags()
         self._listener.on_attached(self._generation)
         consumers = consumers_for(self._config, conn, channel, self._on_message)
@@ -109,7 +107,7 @@ class AmqpSource(SourceThread):
         amqp_connection = conn.connection  # py-amqp's own: kombu adds three calls per drain
         while True:
             wanted = not (self._stop_consuming.is_set() or self._held.is_set())
-            settled = self._acked_through >= self._last_delivered
+            settled = self._acked_through >= self._tags.last
             if wanted and not started:
                 consumers.start(queues)
                 retirer.start()
@@ -128,13 +126,13 @@ class AmqpSource(SourceThread):
             self._apply_acks()
             if self._closed.is_set():
                 return
-            if consuming and self._acked_through >= self._last_delivered:
+            if consuming and self._acked_through >= self._tags.last:
                 consumers.check()  # a hand-on waits for such a moment; under load they are brief
             now = time.monotonic()
             if now >= next_heartbeat_check:  # once a second, not once per message
                 conn.heartbeat_check()
                 if consuming:
-                    retirer.check(self._last_delivered, self._acked_through)
+                    retirer.check(self._tags.last, self._acked_through)
                 next_heartbeat_check = now + 1.0
             self._drain_once(amqp_connection)
 
@@ -159,11 +157,9 @@ class AmqpSource(SourceThread):
             info.get("routing_key", ""),
             time.time_ns() // 1_000_000,
         )
-        self._last_delivered = self._tags.add(message.channel, info["delivery_tag"])
+        tag = self._tags.add(message.channel, info["delivery_tag"])
         self._received += 1
-        self._batch.append(
-            Delivery(self._generation, self._last_delivered, envelope, info["redelivered"])
-        )
+        self._batch.append(Delivery(self._generation, tag, envelope, info["redelivered"]))
 
     def _apply_acks(self) -> None:
         for ops, acked_through in self._take_acks():

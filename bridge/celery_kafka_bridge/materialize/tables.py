@@ -19,6 +19,9 @@ TASK_FIELDS = tuple(f for f in State.Task._fields if f not in ("uuid", "root", "
 """What a task record holds: Celery's fields but the uuid (the key) and the root and parent
 objects (their ids are fields of their own)."""
 FINAL_STATES = frozenset(states.READY_STATES)
+_READ_AS = tuple((f, "child_ids" if f == "children" else f) for f in TASK_FIELDS)
+"""Each field with the attribute it is read from: the children as their sorted uuids, since
+reading ``children`` makes a childless task's empty set (`reader.audit`)."""
 
 
 def dumps(value: Any) -> bytes:
@@ -28,9 +31,8 @@ def dumps(value: Any) -> bytes:
 
 def task_value(task: Any) -> dict[str, Any]:
     """The record value of one of `StateBuilder`'s tasks."""
-    value = {name: getattr(task, name, None) for name in TASK_FIELDS}
+    value = {name: getattr(task, attribute, None) for name, attribute in _READ_AS}
     value["worker"] = task.worker.hostname if task.worker is not None else None
-    value["children"] = task.child_ids
     return value
 
 
