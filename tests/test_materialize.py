@@ -1,5 +1,6 @@
 """materialize: the state tables equal Celery's own State, through a worker killed mid-task and
-a materializer killed mid-run; derived events name the lost work."""
+a materializer killed mid-run (alone, and one of two slices); derived events name the lost
+work."""
 
 from __future__ import annotations
 
@@ -73,6 +74,19 @@ def without_clock(tasks: dict[str, Any]) -> dict[str, Any]:
     """The tasks without ``clock``: after a task-sent event Celery's receiver sets it from its
     own clock, which depends on everything that receiver read before (docs/materialize.md)."""
     return {uuid: {k: v for k, v in task.items() if k != "clock"} for uuid, task in tasks.items()}
+
+
+def slice_of(materializer: BridgeProcess) -> str | None:
+    slice_: str | None = orjson.loads(materializer.http("/readyz")[1])["slice"]
+    return slice_
+
+
+def assert_standing_by(standby: BridgeProcess, holders: list[BridgeProcess]) -> None:
+    """``standby`` waits for a lease (unready) while ``holders`` hold the slices in order."""
+    poll(lambda: standby.http("/readyz")[0] == 503, 30, what="the standby to answer unready")
+    assert orjson.loads(standby.http("/readyz")[1])["lease"] == "waiting"
+    count = len(holders)
+    assert [slice_of(p) for p in holders] == [f"{i}-of-{count}" for i in range(count)]
 
 
 def assert_settles(read: Callable[[], dict[str, Any]], expected: dict[str, Any]) -> None:
@@ -160,7 +174,9 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
     start_bridge()
     stuck = {"BRIDGE_STUCK_AFTER": "tests.celery_app.nap=1"}
     steady_env = materialize_env(names, kafka.bootstrap_servers, "steady", **stuck)
-    moved_env = materialize_env(names, kafka.bootstrap_servers, "moved", **stuck)
+    moved_env = materialize_env(
+        names, kafka.bootstrap_servers, "moved", BRIDGE_MATERIALIZE_SLICES="2", **stuck
+    )
     doomed_host = f"doomed-{names.suffix}@h"
     doomed_queue = f"{names.task_queue}-doomed"
     doomed_worker = start_worker(
@@ -169,8 +185,9 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
     try:
         steady = start_materialize(steady_env, tmp_path / "steady.log")
         first = start_materialize(moved_env, tmp_path / "moved-1.log")
-        standby = start_materialize(moved_env, tmp_path / "moved-2.log", wait=False)
-        materializers += [steady, first, standby]
+        second = start_materialize(moved_env, tmp_path / "moved-2.log")
+        standby = start_materialize(moved_env, tmp_path / "moved-3.log", wait=False)
+        materializers += [steady, first, second, standby]
         healthy = worker(hostname=f"healthy-{names.suffix}@h")
         app = client_app(names)
         task_ids = run_task_mix(app)
@@ -181,9 +198,8 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
             return all(tasks.get(t, {}).get("state") == "STARTED" for t in doomed)
 
         poll(doomed_started, 60, interval=0.5, what="the doomed tasks to start")
-        poll(lambda: standby.http("/readyz")[0] == 503, 30, what="the standby to answer unready")
-        assert orjson.loads(standby.http("/readyz")[1])["lease"] == "waiting"
-        first.kill()  # mid-run: the standby takes the lease and carries on from the tables
+        assert_standing_by(standby, [first, second])
+        first.kill()  # mid-run: the standby takes slice 0 (tasks and workers) from the tables
         kill_worker(doomed_worker)
         task_ids += run_task_mix(app)
         app.close()
@@ -200,12 +216,14 @@ def test_tables_equal_celery_state_through_a_worker_kill_and_a_materializer_kill
         assert_derived(found, doomed, doomed_host)
         after_kill = derived_events(kafka.bootstrap_servers, moved_env["BRIDGE_DERIVED_TOPIC"])
         assert {e["id"] for e in after_kill} == {e["id"] for e in found}  # none missing
-        workers = table(kafka.bootstrap_servers, steady_env["BRIDGE_WORKERS_TOPIC"])
-        assert workers[f"healthy-{names.suffix}@h"]["status"] == "offline"
-        assert workers[doomed_host]["status"] == "lost"
+        for env in (steady_env, moved_env):
+            workers = table(kafka.bootstrap_servers, env["BRIDGE_WORKERS_TOPIC"])
+            statuses = {host: workers[host]["status"] for host in workers}
+            assert statuses == {f"healthy-{names.suffix}@h": "offline", doomed_host: "lost"}
         assert steady.metric("celery_kafka_bridge_events_missing_total") == 0
         assert steady.metric("celery_kafka_bridge_derived_events_total", type="task-lost") == 2
         assert standby.http("/readyz")[0] == 200
+        assert slice_of(standby) == "0-of-2"
         assert all(line["level"] for line in json_lines(standby.log()))
     finally:
         if doomed_worker.poll() is None:

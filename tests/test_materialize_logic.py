@@ -8,6 +8,7 @@ from typing import Any
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.materialize.derived import Claim, reconcile, stuck_threshold
 from celery_kafka_bridge.materialize.engine import Engine
+from celery_kafka_bridge.materialize.slices import Slice
 from celery_kafka_bridge.materialize.tables import Tally
 from celery_kafka_bridge.reader.events import Event
 
@@ -75,6 +76,7 @@ def test_a_finished_task_is_deleted_from_the_table_after_the_tombstone_time() ->
     common = {"uuid": "t1", "hostname": HOST, "clock": 1, "pid": 7}
     engine.apply(event(0, 0, type="task-received", name="add", timestamp=now - 100, **common))
     engine.apply(event(0, 1, type="task-succeeded", result="2", timestamp=now - 90, **common))
+    engine.advance({0: (2, int((now - 90) * 1000))})
     first = engine.take(now - 89)
     assert first.tasks["t1"][0] is not None
     assert first.positions == {0: 2}
@@ -118,3 +120,56 @@ def test_task_started_events_read_before_their_workers_first_heartbeat_still_cou
     engine.check(now, caught_up=False)
     (found,) = engine.take(now).derived
     assert (found.type, found.value["missing"]) == ("events-missing", 3)
+
+
+def test_a_slice_decodes_its_own_tasks_every_worker_event_and_for_slice_0_task_started() -> None:
+    first, second = Slice(0, 2), Slice(1, 2)
+    started, sent = {"event_type": b"task-started"}, {"event_type": b"task-sent"}
+    heartbeat, custom = {"event_type": b"worker-heartbeat"}, {"event_type": b"app-custom"}
+    assert first.owns(0) and first.owns(2) and second.owns(3) and not second.owns(2)
+    assert second.reads(1, sent) and not second.reads(0, sent) and not second.reads(0, started)
+    assert first.reads(1, started) and not first.reads(1, sent)
+    assert all(
+        s.reads(p, h) for s in (first, second) for p in range(4) for h in (heartbeat, custom)
+    )
+    assert all(s.reads(p, {}) for s in (first, second) for p in range(4))  # no header: decode
+    assert Slice().reads(3, sent) and str(second) == "1-of-2"
+
+
+def test_slices_split_the_tasks_and_only_slice_0_keeps_the_workers() -> None:
+    """Two engines, one per slice, fed the same stream: each task's row comes from the slice
+    owning its partition, equal to one engine's; worker rows and tallies only from slice 0."""
+    now = time.time()
+    worker = {"hostname": HOST, "pid": 7}
+    stream = [
+        event(0, 0, type="worker-online", clock=1, processed=0, freq=2.0, timestamp=now, **worker)
+    ]
+    for partition, uuid in ((0, "a"), (1, "b"), (2, "c"), (3, "d")):
+        for offset, kind in enumerate(("task-received", "task-started", "task-succeeded"), 1):
+            stream.append(
+                event(
+                    partition,
+                    offset,
+                    type=kind,
+                    uuid=uuid,
+                    name="add",
+                    clock=offset + 1,
+                    timestamp=now,
+                    **worker,
+                )
+            )
+    whole = Engine([], tombstone_after=60.0, grace=0.0, max_tasks=100)
+    slices = [
+        Engine([], tombstone_after=60.0, grace=0.0, max_tasks=100, slice_=Slice(i, 2))
+        for i in range(2)
+    ]
+    for engine in (whole, *slices):
+        for e in stream:
+            engine.apply(e)
+    expected = whole.take(now)
+    first, second = (engine.take(now) for engine in slices)
+    assert set(first.tasks) == {"a", "c"} and set(second.tasks) == {"b", "d"}
+    assert {**first.tasks, **second.tasks} == expected.tasks
+    assert first.workers == expected.workers and second.workers == {}
+    tallies = [engine.books[HOST].tally.started for engine in (whole, *slices)]
+    assert tallies[0] == tallies[1] == {7: [3, 3, 3, 3]} and tallies[2] == {}

@@ -267,7 +267,8 @@ class Config(BaseSettings):
     )
     offsets_topic: str = Field(
         "celery.materialize.offsets",
-        description="materialize: compacted topic of its input positions (key: topic/partition).",
+        description="materialize: compacted topic of its input positions (key: "
+        "topic/slice/partition).",
     )
     tombstone_after_seconds: float = Field(
         86_400.0,
@@ -287,6 +288,13 @@ class Config(BaseSettings):
     )
     max_tasks: int = Field(
         1_000_000, ge=1, description="materialize: tasks kept in memory (least recent dropped)."
+    )
+    materialize_slices: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="materialize: how many replicas share the work, each holding one slice "
+        "(the tasks of every N-th partition of the events topic; slice 0 also the workers).",
     )
 
     @field_validator(

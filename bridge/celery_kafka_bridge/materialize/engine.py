@@ -8,10 +8,12 @@ import heapq
 import time
 from bisect import insort
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery_kafka_bridge.materialize import derived as d
+from celery_kafka_bridge.materialize.slices import WHOLE, Slice
 from celery_kafka_bridge.materialize.tables import (
     FINAL_STATES,
     WorkerBook,
@@ -45,7 +47,7 @@ class Flush:
 
 
 class Engine:
-    """Celery's State of every task and worker, and the bookkeeping around it."""
+    """Celery's State of a slice's tasks and of every worker, and the bookkeeping around it."""
 
     def __init__(
         self,
@@ -53,7 +55,9 @@ class Engine:
         tombstone_after: float,
         grace: float,
         max_tasks: int,
+        slice_: Slice = WHOLE,
     ) -> None:
+        self.slice = slice_
         self._builder = StateBuilder(max_tasks)
         self.state = self._builder.state
         self.thresholds = thresholds
@@ -85,28 +89,38 @@ class Engine:
         self.books[value["hostname"]] = restore_worker(self.state, value)
 
     def apply(self, event: Event) -> None:
-        """Feed one event to the state and note what it changed."""
-        data = event.data
-        self._builder.feed(data, event.received_at)
-        self.positions[event.partition] = event.offset + 1
-        self._read_ms[event.partition] = event.timestamp_ms
-        kind = event.type
-        task_id, hostname = event.task_id, event.hostname
-        if task_id is not None and kind.startswith("task-"):
-            if task_id in self.state.tasks:
+        """Feed one event to the state (a task event only if the slice owns its partition)
+        and note what it changed."""
+        kind, hostname = event.type, event.hostname
+        if not kind.startswith("task-"):
+            self._builder.feed(event.data, event.received_at)
+            if hostname is not None and kind in _CLAIM_EVENTS:
+                self._worker_event(hostname, event)
+            return
+        task_id = event.task_id
+        if self.slice.owns(event.partition):
+            self._builder.feed(event.data, event.received_at)
+            if task_id is not None and task_id in self.state.tasks:
                 self._dirty_tasks.add(task_id)
                 self._tombstones.discard(task_id)
                 self._track(task_id)
-            if kind == "task-started" and hostname is not None:
-                self._count_started(hostname, event)
-        elif hostname is not None and kind in _CLAIM_EVENTS:
-            self._worker_event(hostname, event)
+        if kind == "task-started" and hostname is not None and self.slice.keeps_workers:
+            self._count_started(hostname, event)
+
+    def advance(self, read_through: Mapping[int, tuple[int, int]]) -> None:
+        """Note the records read, applied or passed over: per partition, the next offset and
+        the Kafka timestamp of the last one."""
+        for partition, (offset, timestamp_ms) in read_through.items():
+            self.positions[partition] = offset
+            self._read_ms[partition] = timestamp_ms
 
     def _worker_event(self, hostname: str, event: Event) -> None:
         book = self.books.setdefault(hostname, WorkerBook())
-        self._dirty_workers.add(hostname)
         if event.type != "worker-offline":
             book.last_heartbeat = event.received_at or event.timestamp
+        if not self.slice.keeps_workers:
+            return
+        self._dirty_workers.add(hostname)
         processed = event.data.get("processed")
         clock = event.clock
         if isinstance(processed, int) and clock is not None:
@@ -153,8 +167,9 @@ class Engine:
             _, _, hostname, claim = self._claims.popleft()
             found = d.reconcile(hostname, self.books[hostname].tally, claim, now)
             self._report(found)
-        if caught_up:
+        if caught_up and self.slice.keeps_workers:
             self._check_workers(now)
+        if caught_up:
             self._check_open(now)
         self._due_tombstones(now)
 

@@ -1,4 +1,4 @@
-"""The single-writer lease: an exclusive RabbitMQ queue that only one materializer holds.
+"""The slice leases: one exclusive RabbitMQ queue per slice, which only one materializer holds.
 
 RabbitMQ deletes an exclusive queue the moment its connection closes (a SIGKILL closes the
 socket), so a standby takes over within a poll interval, and no consumer-group rebalance is
@@ -20,6 +20,7 @@ from celery_kafka_bridge.amqp.queues import close_quietly, take_exclusive
 from celery_kafka_bridge.config import Config
 from celery_kafka_bridge.errors import TransientError
 from celery_kafka_bridge.logs import describe
+from celery_kafka_bridge.materialize.slices import Slice
 from celery_kafka_bridge.retry import backoff_delay
 from celery_kafka_bridge.tls import amqp_ssl
 
@@ -28,12 +29,13 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 
 
-def lease_queue(config: Config) -> str:
-    return f"{config.queue_prefix}.{config.node_id}.materialize.lease"
+def lease_queue(config: Config, slice_: Slice) -> str:
+    return f"{config.queue_prefix}.{config.node_id}.materialize.{slice_}.lease"
 
 
 class Lease:
-    """``await acquire()`` until this process holds the lease; ``lost`` resolves if it goes."""
+    """``await acquire()`` until this process holds the lease of a slice (the first free one
+    of `Config.materialize_slices`, then `slice`); ``lost`` resolves if it goes."""
 
     def __init__(self, config: Config) -> None:
         self._config = config
@@ -42,6 +44,7 @@ class Lease:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._held: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[None] | None = None
+        self.slice: Slice | None = None
 
     async def acquire(self) -> None:
         loop = asyncio.get_running_loop()
@@ -78,13 +81,19 @@ class Lease:
                 close_quietly(conn)
 
     def _hold(self, conn: Any) -> bool:
-        """Wait for the lease, then keep its connection alive; True once asked to stop."""
-        queue = lease_queue(self._config)
-        while not take_exclusive(conn.connection, queue):
-            if self._stop.wait(POLL_SECONDS):
-                return True
-            conn.heartbeat_check()
-        log.info("materialize lease %s taken", queue)
+        """Wait for a slice's lease, then keep its connection alive; True once asked to stop."""
+        count = self._config.materialize_slices
+        while self.slice is None:
+            for index in range(count):
+                queue = lease_queue(self._config, Slice(index, count))
+                if take_exclusive(conn.connection, queue):
+                    self.slice = Slice(index, count)
+                    log.info("materialize lease %s taken", queue)
+                    break
+            else:
+                if self._stop.wait(POLL_SECONDS):
+                    return True
+                conn.heartbeat_check()
         assert self._held is not None
         self._signal(self._held, None)
         while not self._stop.is_set():

@@ -7,6 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
+from celery_kafka_bridge.materialize.slices import Slice
 from celery_kafka_bridge.metrics import NAMESPACE
 
 WRITE_STALE_SECONDS = 30.0
@@ -19,7 +20,9 @@ class MaterializeMetrics:
         ProcessCollector(registry=self.registry)
         metric: dict[str, Any] = {"namespace": NAMESPACE, "registry": self.registry}
         self.events = Counter(
-            "materialize_events", "Events applied to the state (duplicates dropped).", **metric
+            "materialize_events",
+            "Records of the events topic read (applied, or passed over as another slice's).",
+            **metric,
         )
         self.records = Counter(
             "materialize_records",
@@ -49,11 +52,12 @@ class MaterializeMetrics:
 
 
 class MaterializeHealth:
-    """Ready once the lease is held and the tables are loaded, while writes go through."""
+    """Ready once a slice's lease is held and the tables are loaded, while writes go through."""
 
     def __init__(self, metrics: MaterializeMetrics) -> None:
         self._metrics = metrics
-        self.leased = False
+        self.slice: Slice | None = None
+        """The slice whose lease this replica holds."""
         self.loaded = False
         self.draining = False
         self._waiting_since: float | None = None
@@ -70,10 +74,11 @@ class MaterializeHealth:
         waiting = self._waiting_since
         stale = waiting is not None and time.monotonic() - waiting > WRITE_STALE_SECONDS
         checks: dict[str, Any] = {
-            "lease": "held" if self.leased else "waiting",
+            "lease": "held" if self.slice else "waiting",
+            "slice": str(self.slice) if self.slice else None,
             "tables": "loaded" if self.loaded else "loading",
             "kafka_writes": "stalled" if stale else "ok",
             "draining": self.draining,
         }
-        ready = self.leased and self.loaded and not stale and not self.draining
+        ready = self.slice is not None and self.loaded and not stale and not self.draining
         return ready, checks

@@ -1,5 +1,5 @@
-"""The materializer's lifecycle: take the lease, rebuild the state from the tables, then apply
-the events topic and flush the changes until SIGTERM/SIGINT.
+"""The materializer's lifecycle: take a slice's lease, rebuild the slice's state from the
+tables, then apply the events topic and flush the changes until SIGTERM/SIGINT.
 
 At-least-once: a flush writes the changed table records and the derived events, waits until
 Kafka confirmed every one, and only then writes the input positions it covers. A replica that
@@ -21,12 +21,14 @@ import orjson
 
 from celery_kafka_bridge import http
 from celery_kafka_bridge.config import Config
+from celery_kafka_bridge.kafka.partitions import partition_for
 from celery_kafka_bridge.materialize.engine import MARKS_HEADER, Engine
 from celery_kafka_bridge.materialize.lease import Lease
 from celery_kafka_bridge.materialize.monitor import MaterializeHealth, MaterializeMetrics
 from celery_kafka_bridge.materialize.store import (
     TableWriter,
     ensure_topics,
+    position_prefix,
     read_table,
 )
 from celery_kafka_bridge.reader.stream import EventStream, Scan
@@ -51,7 +53,7 @@ async def run_materialize(config: Config, stop: asyncio.Event | None = None) -> 
     lease = Lease(config)
     try:
         if await until_stopped(lease.acquire(), stop):
-            health.leased = True
+            health.slice = lease.slice
             await _materialize(config, stop, lease, metrics, health)
     finally:
         health.draining = True
@@ -60,8 +62,9 @@ async def run_materialize(config: Config, stop: asyncio.Event | None = None) -> 
             await server.cleanup()
 
 
-async def load(config: Config, engine: Engine) -> dict[int, int]:
-    """Rebuild ``engine``'s state from the tables; the input positions they cover."""
+async def load(config: Config, engine: Engine, partitions: list[int]) -> dict[int, int]:
+    """Rebuild ``engine``'s state from the tables (the tasks of its slice: their keys map to
+    its share of the events topic's ``partitions``); the input positions they cover."""
     tasks, workers, offsets = await asyncio.gather(
         *(
             read_table(config, t)
@@ -69,17 +72,17 @@ async def load(config: Config, engine: Engine) -> dict[int, int]:
         )
     )
     for uuid, (value, headers) in tasks.items():
-        if value is not None:
+        if value is not None and engine.slice.owns(partition_for(uuid.encode(), partitions)):
             marks = headers.get(MARKS_HEADER, b"").decode()
             engine.restore_task(uuid, orjson.loads(value), set(filter(None, marks.split(","))))
     for value, _ in workers.values():
         if value is not None:
             engine.restore_worker(orjson.loads(value))
     positions = {}
+    prefix = position_prefix(config.topic, engine.slice)
     for key, (value, _) in offsets.items():
-        topic, _, partition = key.rpartition("/")
-        if topic == config.topic and value is not None:
-            positions[int(partition)] = int(value)
+        if key.startswith(prefix) and value is not None:
+            positions[int(key.removeprefix(prefix))] = int(value)
     engine.positions.update(positions)
     return positions
 
@@ -91,25 +94,35 @@ async def _materialize(
     metrics: MaterializeMetrics,
     health: MaterializeHealth,
 ) -> None:
+    slice_ = lease.slice
+    assert slice_ is not None
     await ensure_topics(config)
     engine = Engine(
         config.stuck_thresholds,
         config.tombstone_after_seconds,
         config.completeness_grace_seconds,
         config.max_tasks,
+        slice_,
     )
-    positions = await load(config, engine)
-    log.info(
-        "materialize state loaded: %d tasks, %d workers, positions %s",
-        len(engine.state.tasks),
-        len(engine.books),
-        positions,
-    )
-    writer = TableWriter(config, metrics)
+    writer = TableWriter(config, metrics, slice_)
     await writer.start()
-    scan = Scan(config.bootstrap_servers, config.topic, follow=True, start_offsets=positions)
-    health.loaded = True
     try:
+        positions = await load(config, engine, await writer.partitions(config.topic))
+        log.info(
+            "materialize state loaded: slice %s, %d tasks, %d workers, positions %s",
+            slice_,
+            len(engine.state.tasks),
+            len(engine.books),
+            positions,
+        )
+        scan = Scan(
+            config.bootstrap_servers,
+            config.topic,
+            follow=True,
+            start_offsets=positions,
+            reads=slice_.reads,
+        )
+        health.loaded = True
         async with EventStream(scan) as stream:
             apply = _Applier(engine, metrics)
             work = asyncio.gather(
@@ -143,13 +156,18 @@ class _Applier:
         self._last_event_at = 0.0
 
     async def run(self, stream: EventStream) -> None:
-        apply, applied = self._engine.apply, self._metrics.events
+        engine, read = self._engine, self._metrics.events
+        scanned = stream.stats.scanned
         async for batch in stream.batches():
             for event in batch:
-                apply(event)
-            applied.inc(len(batch))
+                engine.apply(event)
+            engine.advance(stream.read_through)
+            read.inc(stream.stats.scanned - scanned)
+            scanned = stream.stats.scanned
             self._last_applied = time.monotonic()
-            self._last_event_at = batch[-1].timestamp_ms / 1000
+            self._last_event_at = (
+                max((ms for _, ms in stream.read_through.values()), default=0) / 1000
+            )
 
     @property
     def caught_up(self) -> bool:

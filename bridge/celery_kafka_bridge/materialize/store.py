@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -15,7 +16,9 @@ from celery_kafka_bridge.kafka.partitions import partition_for
 from celery_kafka_bridge.kafka.topics import TopicAdmin
 from celery_kafka_bridge.materialize.engine import Flush
 from celery_kafka_bridge.materialize.monitor import MaterializeMetrics
+from celery_kafka_bridge.materialize.slices import Slice
 from celery_kafka_bridge.materialize.tables import dumps
+from celery_kafka_bridge.reader.stream import TopicNotFound
 from celery_kafka_bridge.reader.tables import Table
 from celery_kafka_bridge.reader.tables import read_table as read_whole_table
 from celery_kafka_bridge.retry import backoff
@@ -50,8 +53,10 @@ _Record = tuple[str, str, bytes | None, list[tuple[str, bytes]]]
 """Topic, key, value (None: a tombstone), headers."""
 
 
-def position_key(topic: str, partition: int) -> str:
-    return f"{topic}/{partition}"
+def position_prefix(topic: str, slice_: Slice) -> str:
+    """The start of a slice's position keys in the offsets topic (``topic/slice/partition``):
+    each slice reads every partition, to its own positions."""
+    return f"{topic}/{slice_}/"
 
 
 class TableWriter:
@@ -59,9 +64,10 @@ class TableWriter:
     the input positions (the commit). A failed flush is sent again whole: table records carry
     latest values, and a second copy of a derived event has the same id."""
 
-    def __init__(self, config: Config, metrics: MaterializeMetrics) -> None:
+    def __init__(self, config: Config, metrics: MaterializeMetrics, slice_: Slice) -> None:
         self._config = config
         self._metrics = metrics
+        self._position_prefix = position_prefix(config.topic, slice_)
         self._partitions: dict[str, list[int]] = {}
         self._producer = AIOKafkaProducer(
             bootstrap_servers=config.bootstrap_servers,
@@ -82,6 +88,19 @@ class TableWriter:
     async def stop(self) -> None:
         await self._producer.stop()
 
+    async def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
+        """The partition ids of ``topic``, waiting ``timeout`` seconds for it to exist."""
+        deadline = time.monotonic() + timeout
+        while True:
+            metadata = await self._producer.client.fetch_all_metadata()
+            found = metadata.partitions_for_topic(topic)
+            if found:
+                return sorted(found)
+            if time.monotonic() > deadline:
+                servers = self._config.kafka_bootstrap_servers
+                raise TopicNotFound(f"topic {topic!r} not found on {servers}")
+            await asyncio.sleep(0.2)
+
     async def write(self, flush: Flush) -> None:
         """Everything in ``flush``, then its positions; retried until Kafka takes it."""
         if len(flush):
@@ -94,7 +113,7 @@ class TableWriter:
         if flush.positions:
             topic = self._config.offsets_topic
             positions: list[_Record] = [
-                (topic, position_key(self._config.topic, p), str(offset).encode(), [])
+                (topic, f"{self._position_prefix}{p}", str(offset).encode(), [])
                 for p, offset in flush.positions.items()
             ]
             async for attempt in backoff("materialize commit", RETRIABLE):

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,9 @@ class Scan:
     start_offsets: Mapping[int, int] | None = None
     """Partition: offset to start at (partitions not in it start at the beginning); beats
     ``since`` and ``follow``'s start at the end."""
+    reads: Callable[[int, Mapping[str, bytes]], bool] | None = None
+    """Given a record's partition and headers, whether to decode it; records it refuses are
+    passed over (counted as scanned, in `EventStream.read_through`)."""
 
     @property
     def servers(self) -> list[str]:
@@ -121,6 +124,8 @@ class EventStream:
         self._order = ClockOrder(scan.reorder_window) if scan.order_by_clock else None
         self._key = scan.task_id.encode() if scan.task_id else None
         self._bar: tqdm[Any] | None = None
+        self.read_through: dict[int, tuple[int, int]] = {}
+        """Per partition, the offset after the last record scanned and its Kafka timestamp."""
 
     async def __aenter__(self) -> EventStream:
         await self.start()
@@ -167,8 +172,9 @@ class EventStream:
                 yield event
 
     async def batches(self) -> AsyncGenerator[list[Event], None]:
-        """`events`, a fetch at a time (never an empty list): one step of an async generator
-        per fetch rather than per event, for readers that apply every event."""
+        """`events`, a fetch at a time: one step of an async generator per fetch rather than per
+        event, for readers that apply every event. A fetch whose records were all passed over
+        (`Scan.reads`, duplicates) gives an empty list, so `read_through` can be taken."""
         consumer = self._started()
         while True:
             fetched = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_BATCH)
@@ -182,7 +188,8 @@ class EventStream:
                         if tp in self._position.past_until:
                             break
                         batch += self._accept(tp, record)
-            if batch:
+                        self.read_through[tp.partition] = (record.offset + 1, record.timestamp)
+            if batch or fetched:
                 self.stats.yielded += len(batch)
                 yield batch
             if not fetched and not self.scan.follow and await self._finished():
@@ -193,7 +200,10 @@ class EventStream:
         self.stats.scanned += 1
         if self._bar is not None:
             self._bar.update()
-        event = self._decode(tp, record)
+        headers = dict(record.headers or ())
+        if self.scan.reads is not None and not self.scan.reads(tp.partition, headers):
+            return []
+        event = self._decode(tp, record, headers)
         if event is None:
             return []
         if self._dedup is not None and not self._dedup.first(event.event_id):
@@ -201,7 +211,9 @@ class EventStream:
             return []
         return self._order.push(event) if self._order else [event]
 
-    def _decode(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> Event | None:
+    def _decode(
+        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], headers: dict[str, bytes]
+    ) -> Event | None:
         scan = self.scan
         if self._key is not None and record.key != self._key:
             return None
@@ -212,7 +224,6 @@ class EventStream:
                 self._position.past_until.add(tp)
                 self._started().pause(tp)
             return None
-        headers = dict(record.headers or ())
         try:
             data, msgpack_only = jsoncompat.loads(
                 record.value, strict=headers.get("json_strict") != b"false"
