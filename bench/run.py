@@ -72,7 +72,8 @@ DRAINS: dict[str, Callable[[Setup], Drain]] = {
     "c": partial(drains.bridge, count=1),
     "d": partial(drains.bridge, count=2),
     "e": partial(drains.bridge, count=1, rules=drains.RULES),
-    "m": materialize,  # reads the topic (c) wrote: after it
+    "m": partial(materialize, slices=1),  # reads the topic (c) wrote: after it
+    "n": partial(materialize, slices=2),
 }
 
 
@@ -193,9 +194,9 @@ def in_process_costs(setup: Setup, which: str) -> dict[str, Any]:
 @click.option(
     "--drains",
     "which",
-    default="abcdem",
+    default="abcdemn",
     show_default=True,
-    help="Which throughput drains to run, e.g. 'ac' (empty: none); m needs c before it.",
+    help="Which throughput drains to run, e.g. 'ac' (empty: none); m and n need c before them.",
 )
 @click.option(
     "--redis/--no-redis",

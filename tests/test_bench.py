@@ -43,14 +43,15 @@ def test_a_tiny_benchmark_run_writes_json_markdown_and_a_chart(
 
     report = json.loads((tmp_path / "results.json").read_text())
     drains = {d["name"]: d for d in report["throughput"]}
-    assert sorted(drains) == ["a", "b", "c", "d", "e", "m", "r", "s", "t"]
-    assert all(drains[d]["events"] == report["meta"]["events"] >= 2000 for d in "abcdem")
+    assert sorted(drains) == ["a", "b", "c", "d", "e", "m", "n", "r", "s", "t"]
+    assert all(drains[d]["events"] == report["meta"]["events"] >= 2000 for d in "abcdemn")
     assert drains["s"]["kafka_records"] >= drains["s"]["events"] == drains["r"]["events"] > 0
     assert all(d["events_per_second"] > 0 for d in drains.values())
     assert drains["c"]["kafka_records"] >= report["meta"]["events"]
     assert drains["c"]["peak_rss_mb"] > 0
     assert 0 < drains["e"]["kafka_records"] < report["meta"]["events"], "heartbeats dropped"
-    assert set(report["ratios"]) == {"c/a", "c/b", "d/c", "e/c", "e/c (CPU)", "m/c", "s/r", "t/s"}
+    ratios = {"c/a", "c/b", "d/c", "e/c", "e/c (CPU)", "m/c", "n/c", "n/m", "s/r", "t/s"}
+    assert set(report["ratios"]) == ratios
     assert drains["e"]["cpu_us_per_event"] > 0
     pairs = report["meta"]["shaping_cpu_us_per_event"]
     assert len(pairs) == 2 and all(plain > 0 and shaped > 0 for plain, shaped in pairs)
