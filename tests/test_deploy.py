@@ -443,7 +443,7 @@ def test_deployment_runs_three_replicas_spread_over_nodes() -> None:
 
 def test_disruption_budget_and_service_select_the_bridge_pods() -> None:
     pod_labels = deployment()["spec"]["template"]["metadata"]["labels"]
-    budget = find("PodDisruptionBudget")["spec"]
+    budget = find("PodDisruptionBudget", K8S / "pdb.yaml")["spec"]
     assert budget.get("maxUnavailable") == 1 or budget.get("minAvailable") == 2
     assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
     assert find("Service")["spec"]["selector"].items() <= pod_labels.items()
@@ -519,6 +519,33 @@ def test_pods_are_killed_only_after_the_bridge_shutdown_grace() -> None:
         if document["kind"] == "Deployment":
             pod = document["spec"]["template"]["spec"]
             assert pod["terminationGracePeriodSeconds"] > grace, path.name
+
+
+def test_materialize_runs_a_standby_beside_its_slices_with_probes_and_a_disruption_budget() -> None:
+    deployment_, budget = (
+        find(kind, K8S / "materialize.yaml") for kind in ("Deployment", "PodDisruptionBudget")
+    )
+    spec = deployment_["spec"]
+    pod_labels = spec["template"]["metadata"]["labels"]
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["command"] == ["celery-kafka-bridge", "materialize"]
+    assert (
+        container["envFrom"] == deployment()["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    )
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert unknown_settings(env) == []
+    config = load_settings({**configmap_settings(), **env})
+    assert spec["replicas"] == config.materialize_slices + 1
+    http_port = config.http_port
+    for probe, path in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")]:
+        get = container[probe]["httpGet"]
+        assert (get["path"], container_port(container, get["port"])) == (path, http_port)
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    bridge_labels = deployment()["spec"]["template"]["metadata"]["labels"]
+    assert not find("Service")["spec"]["selector"].items() <= pod_labels.items()
+    assert bridge_labels != pod_labels
 
 
 def test_sidecar_example_runs_the_bridge_as_a_native_sidecar_of_a_worker_with_events() -> None:
