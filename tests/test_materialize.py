@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
+import signal
 import socket
 import struct
 import subprocess
@@ -28,6 +30,7 @@ from click.testing import CliRunner
 from celery_kafka_bridge.cli import main
 from celery_kafka_bridge.codec import event_id
 from celery_kafka_bridge.embedded import EmbeddedKafka
+from celery_kafka_bridge.kafka.partitions import partition_for
 from celery_kafka_bridge.reader.tables import lookup_task
 from harness.materialize import (
     celery_state,
@@ -50,6 +53,7 @@ from harness.support import (
     start_worker,
     stop_worker,
 )
+from harness.topic_writer import encode, task_events, write_records
 from tests.conftest import BridgeFactory
 from tests.test_bridge_end_to_end import client_app, run_task_mix
 
@@ -470,3 +474,57 @@ def test_a_tail_lost_to_a_connection_reset_right_after_a_burst_is_counted_per_wo
             materializer.metric("celery_kafka_bridge_events_missing_total", hostname=hostname)
             == count
         )
+
+
+@pytest.mark.slow
+def test_a_new_slice_count_rebuilds_the_same_tables_and_reports_nothing_twice(
+    names: Names,
+    kafka: EmbeddedKafka,
+    materializers: list[BridgeProcess],
+    tmp_path: Path,
+) -> None:
+    """From one replica to two slices: the slices have no positions of their own, so they read
+    the topic's history from its beginning on top of the rows the tables hold. The rows come out
+    the same, and the task found stuck before is not reported again."""
+    start = time.time() - 60
+    events = [
+        event
+        for i in range(40)
+        for event in task_events(f"t{i}-{names.suffix}", start=start + i * 0.1)
+    ]
+    events += task_events(f"stuck-{names.suffix}", name="app.nap", start=start)[:3]  # started
+    records = [encode(event) for event in events]
+    write_records(kafka.bootstrap_servers, names.topic, records, timestamp_ms=int(start * 1000))
+    env = materialize_env(names, kafka.bootstrap_servers, "sliced", BRIDGE_STUCK_AFTER="app.nap=1")
+    derived = functools.partial(
+        derived_events, kafka.bootstrap_servers, env["BRIDGE_DERIVED_TOPIC"]
+    )
+    whole = start_materialize(env, tmp_path / "whole.log")
+    materializers.append(whole)
+    poll(lambda: len(tables_of(kafka, env)) == 41 and derived(), 30, what="the tables written")
+    before, found = without_clock(tables_of(kafka, env)), derived()
+    assert [(e["type"], e["uuid"]) for e in found] == [("task-stuck", f"stuck-{names.suffix}")]
+    whole.signal(signal.SIGTERM)
+    assert whole.wait(30) == 0
+    sliced = {**env, "BRIDGE_MATERIALIZE_SLICES": "2"}
+    slices = [start_materialize(sliced, tmp_path / f"slice-{i}.log") for i in range(2)]
+    materializers.extend(slices)
+    read = "celery_kafka_bridge_materialize_events_total"
+    poll(
+        lambda: all(p.metric(read) >= len(records) for p in slices),
+        30,
+        what="both slices to read the history",
+    )
+    assert_settles(lambda: without_clock(tables_of(kafka, env)), before)
+    # A new task in the stuck task's partition: once its row is written, the slice holding both
+    # has run its checks on the whole history (they run before every write).
+    stuck_partition = partition_for(f"stuck-{names.suffix}".encode(), [0, 1, 2, 3])
+    marker = next(
+        uuid
+        for i in itertools.count()
+        if partition_for((uuid := f"marker-{i}-{names.suffix}").encode(), [0, 1, 2, 3])
+        == stuck_partition
+    )
+    write_records(kafka.bootstrap_servers, names.topic, [encode(task_events(marker)[0])])
+    poll(lambda: marker in tables_of(kafka, env), 30, what="the new task's row")
+    assert derived() == found
