@@ -2,7 +2,8 @@
 
 promtool checks the rules of deploy/prometheus/alerts.yaml and of the PrometheusRule and runs
 their unit tests; a real Prometheus scrapes two bridge replicas and sees the Kafka and the
-silent-Celery alerts fire and clear; every metric the rules and the dashboard name is exported.
+silent-Celery alerts fire and clear; every metric the rules and the dashboard name is exported
+(by the bridge, or by materialize).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 from celery import Celery
 
 from celery_kafka_bridge.embedded import EmbeddedKafka
+from harness.materialize import materialize_env, start_materialize
 from harness.prometheus import (
     ALERT_RULES,
     Prometheus,
@@ -155,16 +157,26 @@ def exported(metrics_text: str) -> set[str]:
 
 
 def test_every_metric_of_the_rules_and_the_dashboard_is_exported_by_a_live_bridge(
-    start_bridge: BridgeFactory,
+    names: Names, kafka: EmbeddedKafka, start_bridge: BridgeFactory, tmp_path: Path
 ) -> None:
+    """By the bridge, or by materialize for the rules of its group."""
     bridge = start_bridge()
-    status, text = bridge.http("/metrics")
-    assert status == 200
-    queried = queried_metrics()
-    assert {"celery_kafka_bridge_event_age_seconds_bucket", "process_resident_memory_bytes"} <= (
-        queried
+    materializer = start_materialize(
+        materialize_env(names, kafka.bootstrap_servers, "alerts"), tmp_path / "materialize.log"
     )
-    assert sorted(queried - exported(text)) == []
+    try:
+        pages = [process.http("/metrics") for process in (bridge, materializer)]
+    finally:
+        materializer.kill()
+    assert [status for status, _ in pages] == [200, 200]
+    queried = queried_metrics()
+    assert {
+        "celery_kafka_bridge_event_age_seconds_bucket",
+        "process_resident_memory_bytes",
+        "celery_kafka_bridge_materialize_slices",
+        "celery_kafka_bridge_events_missing_total",
+    } <= queried
+    assert sorted(queried - set().union(*(exported(text) for _, text in pages))) == []
 
 
 @pytest.fixture

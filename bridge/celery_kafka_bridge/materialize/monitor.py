@@ -49,6 +49,11 @@ class MaterializeMetrics:
             **metric,
         )
         self.ready = Gauge("materialize_ready", "1 while /readyz answers ready.", **metric)
+        self.slices = Gauge(
+            "materialize_slices",
+            "The slices the replicas share (BRIDGE_MATERIALIZE_SLICES): as many should be ready.",
+            **metric,
+        )
 
 
 class MaterializeHealth:

@@ -48,6 +48,7 @@ async def run_materialize(config: Config, stop: asyncio.Event | None = None) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics = MaterializeMetrics()
+    metrics.slices.set(config.materialize_slices)
     health = MaterializeHealth(metrics)
     server = await http.serve(config.http_port, metrics, health) if config.http_port else None
     lease = Lease(config)
