@@ -47,20 +47,23 @@ class DropConnection(Exception):
 class Fault:
     """Answer Produce requests for ``topic`` with ``code`` (None: drop the connection).
 
-    Only ``partitions`` (None: all), only batches containing ``marker`` (None: all), and only
-    ``times`` times (None: until removed)."""
+    Only ``partitions`` (None: all), only batches containing ``marker`` (None: all), only
+    batches of the producer ``producer_id`` (None: all), and only ``times`` times (None: until
+    removed)."""
 
     topic: str
     code: int | None
     partitions: frozenset[int] | None = None
     marker: bytes | None = None
     times: int | None = None
+    producer_id: int | None = None
 
     def matches(self, topic: str, partition: int, records: bytes) -> bool:
         return (
             topic == self.topic
             and (self.partitions is None or partition in self.partitions)
             and (self.marker is None or self.marker in records)
+            and (self.producer_id is None or _producer_of(records) == self.producer_id)
             and (self.times is None or self.times > 0)
         )
 
@@ -95,6 +98,12 @@ class KafkaFaults:
     def remove(self, fault: Fault) -> None:
         with self._lock:
             self._faults.remove(fault)
+
+    @property
+    def last_producer_id(self) -> int:
+        """The producer id handed out last (with ``producer_ids``)."""
+        with self._lock:
+            return self._last_producer_id
 
     def count(self, code: int | None) -> int:
         with self._lock:
@@ -265,6 +274,14 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes:
 
 _PRODUCER_AT = 43  # producer id (int64), epoch (int16), base sequence (int32) of a v2 batch
 _CRC_AT, _CRC_FROM = 17, 21
+
+
+def _producer_of(records: bytes) -> int | None:
+    """The producer id of the first record batch, if there is one."""
+    if len(records) < _PRODUCER_AT + 8:
+        return None
+    producer_id: int = struct.unpack_from(">q", records, _PRODUCER_AT)[0]
+    return producer_id
 
 
 def _anonymous(records: bytes) -> bytes:

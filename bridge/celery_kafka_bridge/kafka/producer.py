@@ -95,6 +95,7 @@ class Producer:
                     acked = await producer.send_batch(builder, topic, partition=partition)
                     await asyncio.wait((acked, lost), return_when=asyncio.FIRST_COMPLETED)
                     if not acked.done():
+                        acked.add_done_callback(_seen)  # a new producer sends it again
                         raise ProducerReplaced(f"producer {self.generation} replaced")
                     acked.result()
         except TimeoutError as exc:
@@ -154,3 +155,9 @@ class Producer:
                 await producer.client.close()
         except Exception as exc:  # discarded whatever happens: never fail the reset
             log.debug("abandoning the kafka producer: %s", describe(exc))
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    """Take an abandoned send's outcome, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
