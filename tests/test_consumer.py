@@ -19,6 +19,7 @@ from celery_kafka_bridge.reader.stream import (
     UNTIL_MARGIN_SECONDS,
     EventStream,
     Scan,
+    TopicNotFound,
     partition_for,
     read_events,
 )
@@ -204,3 +205,14 @@ def test_the_readme_example_runs_and_finds_the_failures(kafka: EmbeddedKafka, na
     )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.splitlines() == ["t-failed w1@h ZeroDivision"]
+
+
+def test_a_topic_that_does_not_exist_is_named_once_the_metadata_wait_is_over(
+    kafka: EmbeddedKafka, names: Names
+) -> None:
+    """Asked by metadata of all topics, so the wait does not create the topic either."""
+    scan = Scan(kafka.bootstrap_servers, f"{names.topic}-missing", metadata_timeout=0.5)
+    with pytest.raises(TopicNotFound, match=f"topic '{names.topic}-missing' not found on "):
+        list(read_events(scan))
+    with pytest.raises(TopicNotFound):
+        list(read_events(scan))  # still missing: the first wait created nothing

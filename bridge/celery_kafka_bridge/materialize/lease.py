@@ -84,10 +84,10 @@ class Lease:
         """Wait for a slice's lease, then keep its connection alive; True once asked to stop."""
         count = self._config.materialize_slices
         while self.slice is None:
-            for index in range(count):
-                queue = lease_queue(self._config, Slice(index, count))
+            for slice_ in (Slice(index, count) for index in range(count)):
+                queue = lease_queue(self._config, slice_)
                 if take_exclusive(conn.connection, queue):
-                    self.slice = Slice(index, count)
+                    self.slice = slice_
                     log.info("materialize lease %s taken", queue)
                     break
             else:

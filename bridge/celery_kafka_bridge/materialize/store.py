@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -18,7 +17,7 @@ from celery_kafka_bridge.materialize.engine import Flush
 from celery_kafka_bridge.materialize.monitor import MaterializeMetrics
 from celery_kafka_bridge.materialize.slices import Slice
 from celery_kafka_bridge.materialize.tables import dumps
-from celery_kafka_bridge.reader.stream import TopicNotFound
+from celery_kafka_bridge.reader.stream import wait_for_partitions
 from celery_kafka_bridge.reader.tables import Table
 from celery_kafka_bridge.reader.tables import read_table as read_whole_table
 from celery_kafka_bridge.retry import backoff
@@ -89,17 +88,15 @@ class TableWriter:
         await self._producer.stop()
 
     async def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
-        """The partition ids of ``topic``, waiting ``timeout`` seconds for it to exist."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """The partition ids of ``topic``, waiting ``timeout`` seconds for it to exist (from
+        metadata of all topics: asking for one could create it with the broker's defaults)."""
+
+        async def known() -> set[int] | None:
             metadata = await self._producer.client.fetch_all_metadata()
-            found = metadata.partitions_for_topic(topic)
-            if found:
-                return sorted(found)
-            if time.monotonic() > deadline:
-                servers = self._config.kafka_bootstrap_servers
-                raise TopicNotFound(f"topic {topic!r} not found on {servers}")
-            await asyncio.sleep(0.2)
+            found: set[int] | None = metadata.partitions_for_topic(topic)
+            return found
+
+        return await wait_for_partitions(known, topic, self._config.bootstrap_servers, timeout)
 
     async def write(self, flush: Flush) -> None:
         """Everything in ``flush``, then its positions; retried until Kafka takes it."""

@@ -12,7 +12,15 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +54,22 @@ _BATCH = 500
 
 class TopicNotFound(BridgeError):
     """The events topic does not exist (yet) on the brokers."""
+
+
+async def wait_for_partitions(
+    known: Callable[[], Awaitable[set[int] | None]],
+    topic: str,
+    servers: Sequence[str],
+    timeout: float,
+) -> list[int]:
+    """The partition ids of ``topic`` by ``known()`` (fresh metadata: None or empty while the
+    topic is missing), asked again until ``timeout`` seconds passed; then `TopicNotFound`."""
+    deadline = time.monotonic() + timeout
+    while not (partitions := await known()):
+        if time.monotonic() > deadline:
+            raise TopicNotFound(f"topic {topic!r} not found on {','.join(servers)}")
+        await asyncio.sleep(0.2)
+    return sorted(partitions)
 
 
 UNTIL_MARGIN_SECONDS = 60.0
@@ -184,11 +208,14 @@ class EventStream:
             else:
                 self._position.last_record = time.monotonic()
                 for tp, records in fetched.items():
+                    last = None
                     for record in records:
                         if tp in self._position.past_until:
                             break
                         batch += self._accept(tp, record)
-                        self.read_through[tp.partition] = (record.offset + 1, record.timestamp)
+                        last = record
+                    if last is not None:
+                        self.read_through[tp.partition] = (last.offset + 1, last.timestamp)
             if batch or fetched:
                 self.stats.yielded += len(batch)
                 yield batch
@@ -200,6 +227,8 @@ class EventStream:
         self.stats.scanned += 1
         if self._bar is not None:
             self._bar.update()
+        if not self._in_scope(tp, record):
+            return []
         headers = dict(record.headers or ())
         if self.scan.reads is not None and not self.scan.reads(tp.partition, headers):
             return []
@@ -211,19 +240,24 @@ class EventStream:
             return []
         return self._order.push(event) if self._order else [event]
 
-    def _decode(
-        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], headers: dict[str, bytes]
-    ) -> Event | None:
+    def _in_scope(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> bool:
+        """The record's key and time are the scan's (one far past ``until`` ends its partition)."""
         scan = self.scan
         if self._key is not None and record.key != self._key:
-            return None
+            return False
         if scan.since is not None and record.timestamp < scan.since * 1000:
-            return None
+            return False
         if scan.until is not None and record.timestamp > scan.until * 1000:
             if record.timestamp > (scan.until + UNTIL_MARGIN_SECONDS) * 1000 and not scan.follow:
                 self._position.past_until.add(tp)
                 self._started().pause(tp)
-            return None
+            return False
+        return True
+
+    def _decode(
+        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], headers: dict[str, bytes]
+    ) -> Event | None:
+        scan = self.scan
         try:
             data, msgpack_only = jsoncompat.loads(
                 record.value, strict=headers.get("json_strict") != b"false"
@@ -256,14 +290,17 @@ class EventStream:
 
     async def _assignable(self) -> list[TopicPartition]:
         consumer, topic = self._started(), self.scan.topic
-        deadline = time.monotonic() + self.scan.metadata_timeout
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions:
-            if time.monotonic() > deadline:
-                raise TopicNotFound(f"topic {topic!r} not found on {','.join(self.scan.servers)}")
-            await asyncio.sleep(0.2)
-            await consumer.topics()  # refreshes the metadata
-            partitions = consumer.partitions_for_topic(topic)
+
+        async def known() -> set[int] | None:
+            found: set[int] | None = consumer.partitions_for_topic(topic)
+            if not found:
+                await consumer.topics()  # refreshes the metadata
+                found = consumer.partitions_for_topic(topic)
+            return found
+
+        partitions = await wait_for_partitions(
+            known, topic, self.scan.servers, self.scan.metadata_timeout
+        )
         if self._key is not None:
             return [TopicPartition(topic, partition_for(self._key, sorted(partitions)))]
         return [TopicPartition(topic, p) for p in sorted(partitions)]
